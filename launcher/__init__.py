@@ -1,0 +1,1 @@
+"""Machines: config, providers (cloud APIs), command runners, node updater and the `cluster` CLI."""

@@ -1,0 +1,50 @@
+"""How the launcher runs commands and copies files on a node, whatever the provider.
+
+`local` nodes run commands through their node supervisor; SSH-reached nodes (ssh, aws, gcp, azure)
+through a persistent SSH connection. Callers see only this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+OutputSink = Callable[[str], None]
+"""Receives a command's combined stdout/stderr as it arrives, in text chunks."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    output_tail: str  # the last few KiB of combined output, for error messages
+
+
+class CommandRunner(abc.ABC):
+    """Runs shell commands on one node and moves files to and from it."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        command: str,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+        on_output: Optional[OutputSink] = None,
+    ) -> CommandResult:
+        """Run `command` with bash on the node (cwd = the node user's home) and wait for it.
+
+        `env` is added to the node's environment. A command still running after `timeout` seconds
+        is killed and reported with exit code 124. Never raises for a non-zero exit.
+        """
+
+    @abc.abstractmethod
+    def put(self, local_path: str, remote_path: str) -> None:
+        """Copy a local file or directory onto the node. `~` in remote_path is the node's home.
+
+        A directory is copied as a tree to remote_path (remote_path becomes that directory).
+        """
+
+    @abc.abstractmethod
+    def get(self, remote_path: str, local_path: str) -> None:
+        """Copy a file or directory from the node to the local machine (same semantics as put)."""

@@ -1,0 +1,64 @@
+"""The provider contract: every cloud (and `local`) is one module implementing NodeProvider.
+
+Node state lives in the provider's tags (see launcher.tags), so any process holding a provider
+can crash and resume. Errors are raised as the typed errors of launcher.errors.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Mapping, Optional, Sequence
+
+from launcher.command_runner import CommandRunner
+
+
+class NodeProvider(abc.ABC):
+    """One cluster's view of one provider.
+
+    `provider_config` is the YAML's `provider` section after defaults were merged.
+    """
+
+    def __init__(self, provider_config: Mapping, cluster_name: str):
+        self.provider_config = provider_config
+        self.cluster_name = cluster_name
+
+    @abc.abstractmethod
+    def nodes(self, tag_filters: Mapping[str, str]) -> list[str]:
+        """Ids of this cluster's live (not terminated) nodes whose tags include all tag_filters."""
+
+    @abc.abstractmethod
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        """The node's tags."""
+
+    @abc.abstractmethod
+    def create(
+        self, node_type: str, node_config: Mapping, tags: Mapping[str, str], count: int
+    ) -> list[str]:
+        """Create `count` nodes carrying `tags` (plus the cluster-name tag); return their ids."""
+
+    @abc.abstractmethod
+    def terminate(self, node_ids: Sequence[str]) -> None:
+        """Remove the nodes and everything running on them. Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def set_tags(self, node_id: str, tags: Mapping[str, str]) -> None:
+        """Merge `tags` into the node's tags."""
+
+    @abc.abstractmethod
+    def internal_ip(self, node_id: str) -> str:
+        """The address other nodes of the cluster use to reach this node."""
+
+    @abc.abstractmethod
+    def external_ip(self, node_id: str) -> Optional[str]:
+        """The address the user's machine uses to reach this node, if any."""
+
+    def bootstrap(self, config):
+        """Prepare the account (keys, network, firewall) and fill in derived config.
+
+        Returns the (possibly updated) ClusterConfig. Default: nothing to prepare.
+        """
+        return config
+
+    @abc.abstractmethod
+    def command_runner(self, node_id: str) -> CommandRunner:
+        """A runner that executes commands on the node."""

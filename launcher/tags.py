@@ -1,0 +1,18 @@
+"""Node tags: the node's state lives on the provider so any process can crash and resume."""
+
+TAG_CLUSTER_NAME = "cluster-name"
+TAG_NODE_KIND = "node-kind"  # head | worker
+TAG_NODE_TYPE = "node-type"  # a key of available_node_types
+TAG_NODE_STATUS = "node-status"
+TAG_LAUNCH_HASH = "launch-hash"  # node_config + auth
+TAG_RUNTIME_HASH = "runtime-hash"  # setup commands + file mounts + runtime version
+
+KIND_HEAD = "head"
+KIND_WORKER = "worker"
+
+STATUS_PENDING = "pending"
+STATUS_WAITING_FOR_SSH = "waiting-for-ssh"
+STATUS_SYNCING_FILES = "syncing-files"
+STATUS_SETTING_UP = "setting-up"
+STATUS_UP_TO_DATE = "up-to-date"
+STATUS_UPDATE_FAILED = "update-failed"

@@ -1,0 +1,37 @@
+"""Errors the runtime raises to user programs."""
+
+
+class RuntimeClusterError(Exception):
+    """Base of the runtime's own errors."""
+
+
+class NotConnected(RuntimeClusterError):
+    """An API call needs `runtime.init()` first."""
+
+
+class GetTimeoutError(RuntimeClusterError, TimeoutError):
+    """`get(..., timeout=)` expired before the objects were ready."""
+
+
+class TaskError(RuntimeClusterError):
+    """A remote task raised. Carries the remote traceback text; `cause` is the original exception
+    when it could be pickled."""
+
+    def __init__(self, task_name: str, traceback_text: str, cause: BaseException | None = None):
+        super().__init__(f"task {task_name} failed:\n{traceback_text}")
+        self.task_name = task_name
+        self.traceback_text = traceback_text
+        self.cause = cause
+
+    def __reduce__(self):
+        return (TaskError, (self.task_name, self.traceback_text, self.cause))
+
+
+class WorkerCrashedError(TaskError):
+    """The worker process running a task died before the task finished."""
+
+    def __init__(self, task_name: str, detail: str, cause=None):
+        super().__init__(task_name, detail, cause)
+
+    def __reduce__(self):
+        return (WorkerCrashedError, (self.task_name, self.traceback_text, self.cause))

@@ -1,0 +1,161 @@
+"""The global control store: one process on the head that knows the cluster.
+
+It holds live nodes (from registrations and heartbeats), the demand each node could not place,
+object locations, and a key-value table (functions, autoscaler status). `GetClusterState` is the
+one call the autoscaler reads; its cost grows with nodes and distinct shapes, not queued tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from runtime import rpc
+from runtime.generated import runtime_pb2 as pb
+from runtime.generated import runtime_pb2_grpc as pb_grpc
+from runtime.resources import shape_key
+
+log = logging.getLogger("gcs")
+
+NODE_TIMEOUT_S = 10.0  # a node silent this long is dead
+
+
+@dataclass
+class _Node:
+    info: pb.NodeInfo
+    last_heartbeat: float
+    demand: dict = field(default_factory=dict)  # shape key -> count
+
+
+class GcsServicer(pb_grpc.GcsServicer):
+    def __init__(self, node_timeout_s: float = NODE_TIMEOUT_S):
+        self._lock = threading.Condition()
+        self._nodes: dict[str, _Node] = {}
+        self._kv: dict[str, bytes] = {}
+        self._locations: dict[str, set[str]] = defaultdict(set)
+        self._node_timeout_s = node_timeout_s
+
+    # -- nodes
+    def RegisterNode(self, request, context):
+        with self._lock:
+            info = pb.NodeInfo()
+            info.CopyFrom(request)
+            info.available.update(request.total)
+            self._nodes[request.node_id] = _Node(info, time.monotonic())
+            log.info("node %s registered at %s (%s)", request.node_id, request.address, request.node_type)
+        return pb.Empty()
+
+    def UnregisterNode(self, request, context):
+        with self._lock:
+            self._drop_node(request.node_id, "unregistered")
+        return pb.Empty()
+
+    def Heartbeat(self, request, context):
+        with self._lock:
+            node = self._nodes.get(request.node_id)
+            if node is None:
+                return pb.HeartbeatReply(reregister=True)
+            node.last_heartbeat = time.monotonic()
+            node.info.available.clear()
+            node.info.available.update(request.available)
+            node.info.idle_seconds = request.idle_seconds
+            node.demand = {shape_key(d.shape): d.count for d in request.demand}
+            self._expire_nodes()
+            return pb.HeartbeatReply(nodes=[n.info for n in self._nodes.values()])
+
+    def GetClusterState(self, request, context):
+        with self._lock:
+            self._expire_nodes()
+            totals: dict[tuple, int] = defaultdict(int)
+            for node in self._nodes.values():
+                for key, count in node.demand.items():
+                    totals[key] += count
+            demand = [pb.ShapeCount(shape=dict(key), count=c) for key, c in sorted(totals.items())]
+            return pb.ClusterState(nodes=[n.info for n in self._nodes.values()], demand=demand,
+                                   timestamp=time.time())
+
+    def _expire_nodes(self):
+        deadline = time.monotonic() - self._node_timeout_s
+        for node_id in [i for i, n in self._nodes.items() if n.last_heartbeat < deadline]:
+            self._drop_node(node_id, f"no heartbeat for {self._node_timeout_s:.0f}s")
+
+    def _drop_node(self, node_id: str, why: str):
+        if self._nodes.pop(node_id, None) is None:
+            return
+        log.info("node %s removed: %s", node_id, why)
+        for holders in self._locations.values():
+            holders.discard(node_id)
+
+    # -- key-value table
+    def KvPut(self, request, context):
+        with self._lock:
+            exists = request.key in self._kv
+            if request.overwrite or not exists:
+                self._kv[request.key] = request.value
+            return pb.KvReply(found=exists)
+
+    def KvGet(self, request, context):
+        with self._lock:
+            value = self._kv.get(request.key)
+        return pb.KvReply(found=value is not None, value=value or b"")
+
+    # -- object directory
+    def AddObjectLocations(self, request, context):
+        with self._lock:
+            for object_id in request.object_ids:
+                self._locations[object_id].add(request.node_id)
+            self._lock.notify_all()
+        return pb.Empty()
+
+    def WaitObjectLocations(self, request, context):
+        deadline = time.monotonic() + max(0.0, request.timeout)
+        with self._lock:
+            while True:
+                found = self._known_locations(request.object_ids)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0 or not context.is_active():
+                    return pb.WaitLocationsReply(locations=found)
+                self._lock.wait(min(remaining, 1.0))
+
+    def _known_locations(self, object_ids):
+        found = []
+        for object_id in object_ids:
+            for node_id in sorted(self._locations.get(object_id, ())):
+                node = self._nodes.get(node_id)
+                if node is not None:
+                    found.append(pb.ObjectLocation(object_id=object_id, node_id=node_id,
+                                                   address=node.info.address))
+                    break
+        return found
+
+
+def serve(ip: str, port: int, token: str) -> tuple:
+    """Start a GCS server on ip:port; returns (server, bound port)."""
+    server = rpc.make_server(token, max_workers=64)
+    pb_grpc.add_GcsServicer_to_server(GcsServicer(), server)
+    bound = server.add_insecure_port(f"{ip}:{port}")
+    if bound == 0:
+        raise OSError(f"GCS cannot listen on {ip}:{port} (address in use?)")
+    server.start()
+    return server, bound
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Run the cluster's GCS.")
+    parser.add_argument("--ip", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    from runtime.session import read_token
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server, port = serve(args.ip, args.port, read_token())
+    log.info("GCS listening on %s:%d", args.ip, port)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()

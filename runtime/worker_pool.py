@@ -1,0 +1,103 @@
+"""The node agent's worker processes: each runs one task at a time, talking over a private socket.
+
+A worker is `python -m runtime.worker FD`; the agent sends it a pickled (TaskSpec, dependency
+values) and reads back ("result", task_id, object bytes). A worker that dies mid-task is reported
+through `on_death` so the task's caller gets an error instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Callable, Optional
+
+from runtime.session import logs_dir
+
+log = logging.getLogger("worker_pool")
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen, conn: Connection):
+        self.process = process
+        self.conn = conn
+        self.task_id: Optional[str] = None
+        self.send_lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class WorkerPool:
+    def __init__(self, env: dict, on_result: Callable, on_death: Callable):
+        self._env = env
+        self._on_result = on_result
+        self._on_death = on_death
+        self._idle: list[Worker] = []
+        self._all: set[Worker] = set()
+        self._lock = threading.Lock()
+
+    def dispatch(self, task_id: str, message: bytes) -> None:
+        """Hand a task to an idle worker, starting a new one when none is idle."""
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = self._start_worker()
+        worker.task_id = task_id
+        try:
+            with worker.send_lock:
+                worker.conn.send_bytes(message)
+        except OSError:
+            pass  # the reader thread reports the death with this task attached
+
+    def _start_worker(self) -> Worker:
+        parent_sock, child_sock = socket.socketpair()
+        log_path = logs_dir() / "workers.log"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "runtime.worker", str(child_sock.fileno())],
+                pass_fds=[child_sock.fileno()], env=self._env, stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        child_sock.close()
+        worker = Worker(process, Connection(parent_sock.detach()))
+        with self._lock:
+            self._all.add(worker)
+        threading.Thread(target=self._read, args=(worker,), daemon=True).start()
+        return worker
+
+    def _read(self, worker: Worker) -> None:
+        while True:
+            try:
+                kind, task_id, data = pickle.loads(worker.conn.recv_bytes())
+            except (EOFError, OSError):
+                break
+            worker.task_id = None
+            with self._lock:
+                self._idle.append(worker)
+            self._on_result(task_id, data)
+        worker.process.wait()
+        with self._lock:
+            self._all.discard(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+        if worker.task_id is not None:
+            self._on_death(worker.task_id, worker.pid, worker.process.returncode)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            workers = list(self._all)
+        for worker in workers:
+            worker.process.kill()
+        for worker in workers:
+            worker.process.wait()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._all]
