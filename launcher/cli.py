@@ -1,0 +1,146 @@
+"""The `cluster` command: launcher verbs here, composed with the runtime's `start`/`stop`.
+
+Each command parses its arguments, calls one function of launcher.cluster_ops, and renders the
+result. Errors the user can fix are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from launcher import cluster_ops
+from launcher.errors import LauncherError
+
+config_argument = click.argument("config", type=click.Path(dir_okay=False))
+name_option = click.option("-n", "--cluster-name", help="Override the cluster_name of the YAML.")
+
+
+def _echo(line: str) -> None:
+    click.echo(line.rstrip("\n"))
+
+
+def reports_errors(command):
+    """Turn launcher errors into one line and the error's exit code."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LauncherError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+    return wrapper
+
+
+@click.group()
+def cli():
+    """Autoscaling compute clusters from one YAML file."""
+
+
+@cli.command()
+@config_argument
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-restart", is_flag=True, help="Run setup but do not restart the runtime.")
+@click.option("--restart-only", is_flag=True, help="Skip setup; only restart the runtime.")
+@name_option
+@reports_errors
+def up(config, yes, no_restart, restart_only, cluster_name):
+    """Create or update a cluster."""
+    if no_restart and restart_only:
+        raise click.UsageError("--no-restart and --restart-only exclude each other")
+    confirm = (lambda _: True) if yes else (lambda q: click.confirm(q, default=False))
+    cluster_ops.up(config, _echo, no_restart=no_restart, restart_only=restart_only,
+                   cluster_name=cluster_name, confirm=confirm)
+    click.echo("\nCluster is up. Next:")
+    click.echo(f"  cluster status {config}            # nodes, usage, demand, autoscaler events")
+    click.echo(f"  cluster submit {config} script.py  # run a driver on the head")
+    click.echo(f"  cluster exec {config} 'CMD'        # run a shell command on the head")
+    click.echo(f"  cluster down {config}              # remove every node")
+
+
+@cli.command()
+@config_argument
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--workers-only", is_flag=True, help="Terminate the workers, keep the head.")
+@name_option
+@reports_errors
+def down(config, yes, workers_only, cluster_name):
+    """Remove every node of a cluster."""
+    if not yes:
+        what = "the worker nodes" if workers_only else "every node"
+        click.confirm(f"This terminates {what} of the cluster. Continue?", abort=True)
+    removed = cluster_ops.down(config, _echo, workers_only=workers_only, cluster_name=cluster_name)
+    click.echo(f"Terminated {len(removed)} node(s).")
+
+
+@cli.command(name="exec")
+@config_argument
+@click.argument("command")
+@name_option
+@reports_errors
+def exec_(config, command, cluster_name):
+    """Run a shell command on the head node."""
+    sys.exit(cluster_ops.exec_on_head(config, command, _stream, cluster_name=cluster_name))
+
+
+def _stream(text: str) -> None:
+    click.echo(text, nl=False)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@config_argument
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@name_option
+@reports_errors
+def submit(config, script, args, cluster_name):
+    """Copy a Python script to the head and run it there."""
+    sys.exit(cluster_ops.submit(config, script, list(args), _stream, cluster_name=cluster_name))
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@name_option
+@reports_errors
+def status(config, cluster_name):
+    """Nodes, usage, demand and autoscaler events (with CONFIG: of that cluster, from anywhere;
+    without: of the cluster this node belongs to)."""
+    if config:
+        cluster_ops.status(config, _stream, cluster_name=cluster_name)
+        return
+    from autoscaler import status as autoscaler_status
+    from runtime.session import read_session, read_token
+
+    session = read_session()
+    if session is None:
+        raise LauncherError("no cluster runs on this node (no ~/.cluster/session.json)")
+    click.echo(autoscaler_status.render(*autoscaler_status.fetch(session.gcs_address, read_token())))
+
+
+@cli.command(name="get-head-ip")
+@config_argument
+@name_option
+@reports_errors
+def get_head_ip(config, cluster_name):
+    """Print the head node's IP."""
+    click.echo(cluster_ops.head_ip(config, cluster_name=cluster_name))
+
+
+@cli.command(name="get-worker-ips")
+@config_argument
+@name_option
+@reports_errors
+def get_worker_ips(config, cluster_name):
+    """Print the worker nodes' IPs, one per line."""
+    for ip in cluster_ops.worker_ips(config, cluster_name=cluster_name):
+        click.echo(ip)
+
+
+def main():
+    from runtime.cli import start, stop
+
+    cli.add_command(start)
+    cli.add_command(stop)
+    cli()

@@ -1,0 +1,150 @@
+"""What each `cluster` verb does, as plain functions: the CLI parses, calls one of these, renders.
+
+`echo` receives progress lines; nothing here prints or exits by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+import time
+from typing import Callable, Optional
+
+from launcher import tags as T
+from launcher.config import ClusterConfig, bootstrap_yaml, config_from_dict, load_config
+from launcher.errors import ClusterNotFound, CommandFailed, LauncherError
+from launcher.providers import make_provider
+from launcher.providers.base import NodeProvider
+from launcher.updater import NodeUpdater, launch_hash, node_env, runtime_hash
+
+Echo = Callable[[str], None]
+GCS_PORT = 6379
+BOOTSTRAP_PATH = "~/cluster_bootstrap.yaml"
+
+
+def open_cluster(config_path: str, cluster_name: Optional[str] = None) -> tuple:
+    """Load and validate the config; return (config, provider)."""
+    config = load_config(config_path)
+    if cluster_name:
+        config = config_from_dict({**config.raw, "cluster_name": cluster_name}, config_path)
+    return config, make_provider(config.provider, config.cluster_name)
+
+
+def head_node(provider: NodeProvider, config: ClusterConfig, required: bool = True) -> Optional[str]:
+    heads = provider.nodes({T.TAG_NODE_KIND: T.KIND_HEAD})
+    if not heads and required:
+        raise ClusterNotFound(f"cluster '{config.cluster_name}' is not running (no head node found)")
+    return heads[0] if heads else None
+
+
+def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cluster_name=None,
+       confirm: Callable[[str], bool] = lambda _: True) -> str:
+    """Create or update the head node and start the runtime there. Returns the head node id."""
+    config, provider = open_cluster(config_path, cluster_name)
+    config = provider.bootstrap(config)
+    head_type = config.node_types[config.head_node_type]
+    wanted_launch = launch_hash(head_type.node_config, config.auth)
+    wanted_runtime = runtime_hash(config, T.KIND_HEAD, config.head_node_type)
+    head = head_node(provider, config, required=False)
+    if head is not None and provider.node_tags(head).get(T.TAG_LAUNCH_HASH) != wanted_launch:
+        if not confirm(f"The head node's node_config or auth changed: replace head {head}?"):
+            raise LauncherError("not replacing the head node; nothing changed")
+        echo(f"Terminating outdated head {head}")
+        provider.terminate([head])
+        head = None
+    if head is None:
+        echo(f"Creating head node (type {config.head_node_type}) for cluster {config.cluster_name}...")
+        head = provider.create(config.head_node_type, head_type.node_config, {
+            T.TAG_NODE_KIND: T.KIND_HEAD, T.TAG_NODE_TYPE: config.head_node_type,
+            T.TAG_NODE_STATUS: T.STATUS_PENDING, T.TAG_LAUNCH_HASH: wanted_launch}, 1)[0]
+    tags = provider.node_tags(head)
+    unchanged = (tags.get(T.TAG_NODE_STATUS) == T.STATUS_UP_TO_DATE
+                 and tags.get(T.TAG_RUNTIME_HASH) == wanted_runtime)
+    if unchanged and not restart_only:
+        echo(f"Head {head} is up to date; nothing to do (use --restart-only to restart the runtime).")
+        return head
+    echo(f"Setting up head {head} at {provider.internal_ip(head)}...")
+    _update_head(provider, head, config, echo, run_setup=not restart_only, run_start=not no_restart)
+    return head
+
+
+def _update_head(provider, head, config, echo, run_setup, run_start) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bootstrap = os.path.join(tmp, "cluster_bootstrap.yaml")
+        with open(bootstrap, "w") as f:
+            f.write(bootstrap_yaml(config))
+        env = node_env(config, config.head_node_type, head, provider.internal_ip(head))
+        updater = NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type, env=env,
+                              files={BOOTSTRAP_PATH: bootstrap}, on_output=_prefixed(echo, head),
+                              run_setup=run_setup, run_start=run_start)
+        started = time.monotonic()
+        updater.run()
+    echo(f"Head {head} ready in {time.monotonic() - started:.1f}s.")
+
+
+def _prefixed(echo: Echo, node_id: str) -> Callable[[str], None]:
+    def sink(text: str) -> None:
+        for line in text.splitlines():
+            echo(f"  [{node_id}] {line}")
+    return sink
+
+
+def down(config_path: str, echo: Echo, *, workers_only=False, cluster_name=None) -> list[str]:
+    """Terminate the cluster's nodes (the head first, so its autoscaler launches nothing more)."""
+    config, provider = open_cluster(config_path, cluster_name)
+    all_nodes = provider.nodes({})
+    if not all_nodes:
+        raise ClusterNotFound(f"cluster '{config.cluster_name}' is not running (no nodes found)")
+    removed = []
+    kinds = [T.KIND_WORKER] if workers_only else [T.KIND_HEAD, T.KIND_WORKER]
+    for kind in kinds:
+        for _ in range(3):  # a launch that was in flight may surface one pass later
+            ids = provider.nodes({T.TAG_NODE_KIND: kind})
+            if not ids:
+                break
+            echo(f"Terminating {len(ids)} {kind} node(s): {', '.join(ids)}")
+            provider.terminate(ids)
+            removed += ids
+    return removed
+
+
+def exec_on_head(config_path: str, command: str, echo: Echo, *, cluster_name=None, env=None) -> int:
+    """Run a shell command on the head, streaming its output; returns its exit code."""
+    config, provider = open_cluster(config_path, cluster_name)
+    head = head_node(provider, config)
+    result = provider.command_runner(head).run(command, env=env, on_output=echo)
+    return result.exit_code
+
+
+def submit(config_path: str, script: str, args: list[str], echo: Echo, *, cluster_name=None) -> int:
+    """Copy a script to the head and run it there with python; returns its exit code."""
+    if not os.path.isfile(script):
+        raise LauncherError(f"{script}: no such file")
+    config, provider = open_cluster(config_path, cluster_name)
+    head = head_node(provider, config)
+    runner = provider.command_runner(head)
+    remote = f"~/{os.path.basename(script)}"
+    runner.put(script, remote)
+    command = " ".join(["python", shlex.quote(remote.replace("~/", "", 1))] + [shlex.quote(a) for a in args])
+    return runner.run(command, on_output=echo).exit_code
+
+
+def head_ip(config_path: str, *, cluster_name=None) -> str:
+    config, provider = open_cluster(config_path, cluster_name)
+    head = head_node(provider, config)
+    return provider.external_ip(head) or provider.internal_ip(head)
+
+
+def worker_ips(config_path: str, *, cluster_name=None) -> list[str]:
+    config, provider = open_cluster(config_path, cluster_name)
+    head_node(provider, config)
+    return [provider.internal_ip(n) for n in provider.nodes({T.TAG_NODE_KIND: T.KIND_WORKER})]
+
+
+def status(config_path: str, echo: Echo, *, cluster_name=None) -> int:
+    """`cluster status` run on the head, which reads its GCS."""
+    code = exec_on_head(config_path, "cluster status", echo, cluster_name=cluster_name)
+    if code != 0:
+        raise CommandFailed(f"`cluster status` on the head exited with code {code}", code)
+    return code

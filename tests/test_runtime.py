@@ -1,0 +1,188 @@
+"""The runtime with real processes: a GCS and node agents on different loopback addresses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import grpc
+import pytest
+
+import runtime as ray
+from runtime import node, rpc
+from runtime.generated import runtime_pb2 as pb
+from runtime.generated import runtime_pb2_grpc as pb_grpc
+from tests.conftest import pid_alive
+
+HEAD_IP, WORKER_IP = "127.0.3.1", "127.0.3.2"
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_nodes(runtime_home, monkeypatch):
+    """A head offering 1 CPU and a worker offering 2 CPUs and a custom resource."""
+    pids = []
+    monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "head"))
+    head = node.start_head(_free_port(HEAD_IP), {"CPU": 1}, ip=HEAD_IP, node_id="head")
+    pids += head.pids.values()
+    token = (runtime_home / "head" / "token").read_text()
+    monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "worker"))
+    try:
+        worker = node.start_worker(head.gcs_address, {"CPU": 2, "special": 1}, "cpu-2", ip=WORKER_IP,
+                                   node_id="worker", token=token)
+        pids += worker.pids.values()
+        monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "head"))
+        ray.init(address=head.gcs_address)
+        yield head, token
+    finally:
+        ray.shutdown()
+        node._kill_all({str(p): p for p in pids}, grace_s=3)
+    assert not [p for p in pids if pid_alive(p)]
+
+
+@ray.remote(num_cpus=0)
+def where() -> str:
+    return os.environ["CLUSTER_AGENT_ADDRESS"].split(":")[0]
+
+
+@ray.remote
+def add(a, b):
+    return a + b
+
+
+def test_refs_as_arguments_chain_through_tasks(two_nodes):
+    a = add.remote(1, 2)
+    b = add.remote(a, 10)
+    c = add.remote(a, b)
+    assert ray.get([a, b, c]) == [3, 13, 16]
+
+
+def test_task_runs_where_its_resources_are(two_nodes):
+    assert ray.get(where.options(resources={"special": 1}).remote()) == WORKER_IP
+    assert ray.get(where.options(num_cpus=2).remote()) == WORKER_IP
+
+
+def test_tasks_beyond_local_capacity_spill_to_the_other_node(two_nodes):
+    @ray.remote(num_cpus=1)
+    def slow_where():
+        time.sleep(1.0)
+        return os.environ["CLUSTER_AGENT_ADDRESS"].split(":")[0]
+
+    # the driver submits to the head, which has 1 CPU: the other tasks must go to the worker
+    assert set(ray.get([slow_where.remote() for _ in range(3)])) == {HEAD_IP, WORKER_IP}
+
+
+def test_cluster_resources_sum_all_nodes(two_nodes):
+    assert ray.cluster_resources() == {"CPU": 3.0, "special": 1.0}
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {HEAD_IP, WORKER_IP}
+
+
+def test_large_object_moves_between_nodes_in_chunks(two_nodes):
+    @ray.remote(resources={"special": 1})
+    def blob(n):
+        return bytes(range(256)) * (n // 256)
+
+    data = ray.get(blob.remote(5 * 1024 * 1024))  # 5 MiB: several 1 MiB chunks
+    assert len(data) == 5 * 1024 * 1024 and data[:3] == b"\x00\x01\x02"
+
+
+def test_put_object_is_an_argument_on_another_node(two_nodes):
+    ref = ray.put(list(range(1000)))
+
+    @ray.remote(resources={"special": 1})
+    def total(xs):
+        return sum(xs)
+
+    assert ray.get(total.remote(ref)) == sum(range(1000))
+
+
+def test_unplaceable_work_is_demand_by_shape_in_the_gcs(two_nodes):
+    head, token = two_nodes
+    refs = [where.options(num_cpus=8).remote() for _ in range(50)]
+    gcs = pb_grpc.GcsStub(rpc.make_channel(head.gcs_address, token))
+    deadline = time.monotonic() + 10
+    demand = []
+    while time.monotonic() < deadline:
+        demand = [(dict(d.shape), d.count) for d in gcs.GetClusterState(pb.Empty()).demand]
+        if demand:
+            break
+        time.sleep(0.1)
+    assert demand == [({"CPU": 8.0}, 50)]  # one entry for 50 queued tasks: aggregated by shape
+    with pytest.raises(ray.GetTimeoutError):
+        ray.get(refs[0], timeout=0.5)
+
+
+def test_task_error_reaches_get_with_remote_traceback(two_nodes):
+    @ray.remote
+    def fail():
+        raise ValueError("bad input 42")
+
+    with pytest.raises(ray.TaskError) as info:
+        ray.get(fail.remote())
+    assert isinstance(info.value.cause, ValueError)
+    assert "bad input 42" in info.value.traceback_text and "raise ValueError" in info.value.traceback_text
+    assert ray.get(add.remote(1, 1)) == 2  # the cluster keeps serving
+
+
+def test_error_propagates_to_dependent_task(two_nodes):
+    @ray.remote
+    def fail():
+        raise KeyError("missing")
+
+    with pytest.raises(ray.TaskError) as info:
+        ray.get(add.remote(fail.remote(), 1))
+    assert isinstance(info.value.cause, KeyError)
+
+
+def test_killed_worker_fails_its_task_with_a_clear_error(two_nodes):
+    @ray.remote
+    def die():
+        os._exit(3)
+
+    with pytest.raises(ray.WorkerCrashedError, match="exited with code 3"):
+        ray.get(die.remote())
+
+
+def test_misuse_gives_clear_errors(two_nodes):
+    with pytest.raises(TypeError, match=r"use .*\.remote"):
+        add(1, 2)
+    with pytest.raises(TypeError, match="ObjectRef"):
+        ray.get(42)
+
+
+def test_ports_reject_calls_without_the_token(two_nodes):
+    head, token = two_nodes
+    for wrong in (None, "0" * 64):
+        gcs = pb_grpc.GcsStub(rpc.make_channel(head.gcs_address, wrong))
+        with pytest.raises(grpc.RpcError) as info:
+            gcs.GetClusterState(pb.Empty(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        agent = pb_grpc.NodeAgentStub(rpc.make_channel(head.agent_address, wrong))
+        with pytest.raises(grpc.RpcError) as info:
+            agent.GetObjects(pb.GetObjectsRequest(object_ids=["x"], timeout=0), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_processes_bind_to_the_node_address_only(two_nodes):
+    head, _ = two_nodes
+    port = int(head.gcs_address.rsplit(":", 1)[1])
+    with socket.socket() as s:  # the GCS is not on 127.0.0.1, only on the head's address
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_init_without_address_starts_and_stops_a_private_cluster(runtime_home):
+    info = ray.init(num_cpus=2)
+    try:
+        assert ray.get(add.remote(2, 3)) == 5
+        assert ray.cluster_resources()["CPU"] == 2.0
+        pids = list(ray.api._client.local_node.pids.values())
+    finally:
+        ray.shutdown()
+    assert info["gcs_address"].startswith("127.0.0.1:")
+    assert not [p for p in pids if pid_alive(p)]
