@@ -1,0 +1,406 @@
+"""The cluster config loader: one YAML file -> a validated, defaults-merged, frozen ClusterConfig.
+
+Dicts end here: the rest of the code base reads typed fields. Every problem is one ConfigError line,
+`<file>: <key.path>: <what is wrong and what is expected>`, so a typo in a long YAML is found
+without reading a traceback. Validation runs on the user's own keys (the JSON Schema in
+config_schema.json), then defaults are merged, then the checks a schema cannot express run.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, Mapping, NoReturn, Optional, Sequence
+
+import jsonschema
+import yaml
+
+from launcher.errors import ConfigError
+
+_PACKAGE_DIR = Path(__file__).parent
+
+BOOTSTRAP_CONFIG_PATH = "~/cluster_bootstrap.yaml"
+"""Where `cluster up` writes bootstrap_yaml() on the head (read by the default start commands)."""
+BOOTSTRAP_KEY_PATH = "~/cluster_bootstrap_key.pem"
+"""Where `cluster up` copies auth.ssh_private_key on the head, so the head can reach its workers."""
+
+COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
+                "worker_setup_commands", "head_start_commands", "worker_start_commands")
+# A node type without `resources` gets these; clouds detect resources from their instance catalog
+# instead, but a local process group has no catalog to detect from.
+_DEFAULT_RESOURCES = {"local": {"CPU": 1}}
+_COUNTED_RESOURCES = ("CPU", "GPU")  # whole units: a node cannot offer half a core or half a GPU
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string",
+               "integer": "an integer", "number": "a number", "boolean": "true or false"}
+
+
+@dataclass(frozen=True)
+class NodeTypeConfig:
+    """One entry of available_node_types, defaults filled in."""
+
+    name: str
+    node_config: Mapping
+    resources: Mapping[str, float]
+    min_workers: int
+    max_workers: int
+    worker_setup_commands: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The whole cluster config, defaults merged and checked.
+
+    Mappings are plain dicts (treat them as read-only) so they dump to JSON/YAML and deep-copy.
+    `raw` is derived from the other fields, so `dataclasses.replace` (e.g. in a provider's
+    bootstrap) can never leave it stale.
+    """
+
+    cluster_name: str
+    max_workers: int
+    upscaling_speed: float
+    idle_timeout_minutes: float
+    autoscaler_update_interval_s: float
+    provider: Mapping
+    auth: Mapping
+    node_types: Mapping[str, NodeTypeConfig]
+    head_node_type: str
+    file_mounts: Mapping[str, str]
+    rsync_exclude: tuple[str, ...]
+    rsync_filter: tuple[str, ...]
+    initialization_commands: tuple[str, ...]
+    setup_commands: tuple[str, ...]
+    head_setup_commands: tuple[str, ...]
+    worker_setup_commands: tuple[str, ...]
+    head_start_commands: tuple[str, ...]
+    worker_start_commands: tuple[str, ...]
+    source_path: Optional[str]
+    raw: Mapping = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "raw", _to_raw(self))
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return self.idle_timeout_minutes * 60
+
+    def worker_types(self) -> dict[str, NodeTypeConfig]:
+        """The node types workers can be launched as: all but the head's."""
+        return {n: t for n, t in self.node_types.items() if n != self.head_node_type}
+
+
+def load_config(path: str) -> ClusterConfig:
+    """Read, validate and complete the cluster YAML at `path`."""
+    data = _parse_yaml(_read(path), path)
+    return _build(data, path, os.path.abspath(path))
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> ClusterConfig:
+    """Same as load_config for a parsed config; relative file_mounts resolve against the cwd."""
+    return _build(data, source, None)
+
+
+def bootstrap_yaml(config: ClusterConfig) -> str:
+    """The config as the head re-loads it, rewritten as Ray does so the head works on its own.
+
+    File mounts point at the copies already synced to the head, the SSH key at BOOTSTRAP_KEY_PATH,
+    and the proxy command is dropped: the head is inside the network it would tunnel into.
+    """
+    raw = copy.deepcopy(config.raw)
+    raw["file_mounts"] = {remote: remote for remote in raw["file_mounts"]}
+    raw["auth"].pop("ssh_proxy_command", None)
+    if "ssh_private_key" in raw["auth"]:
+        raw["auth"]["ssh_private_key"] = BOOTSTRAP_KEY_PATH
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        _fail(path, (), "no such file")
+    except UnicodeDecodeError:
+        _fail(path, (), "cannot read: not UTF-8 text")
+    except OSError as e:
+        _fail(path, (), f"cannot read: {e.strerror}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys, which PyYAML would silently resolve to the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                message = f"duplicate key {key!r}"
+                raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        _fail(source, (), f"{where}invalid YAML: {e.problem or e.context}")
+    except yaml.reader.ReaderError as e:  # a forbidden character, reported by offset
+        before = text[: e.position]
+        where = f"line {before.count(chr(10)) + 1}, column {len(before) - before.rfind(chr(10))}"
+        _fail(source, (), f"{where}: invalid YAML: {e.reason}: {chr(e.character)!r}")
+
+
+def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
+    if not isinstance(data, dict):
+        _fail(source, (), "expected a mapping of config keys at the top level")
+    _check_keys(data, [], source)
+    _validate(data, source)
+    merged = _merge_defaults(data)
+    _check_provider(merged["provider"], source)
+    node_types = _node_types(merged, source)
+    _check_worker_counts(int(merged["max_workers"]), node_types, merged["head_node_type"], source)
+    base_dir = Path(source_path).parent if source_path else Path.cwd()
+    return ClusterConfig(
+        cluster_name=merged["cluster_name"],
+        max_workers=int(merged["max_workers"]),
+        upscaling_speed=float(merged["upscaling_speed"]),
+        idle_timeout_minutes=float(merged["idle_timeout_minutes"]),
+        autoscaler_update_interval_s=float(merged["autoscaler_update_interval_s"]),
+        provider=merged["provider"],
+        auth=merged["auth"],
+        node_types=node_types,
+        head_node_type=merged["head_node_type"],
+        file_mounts=_resolve_mounts(merged["file_mounts"], base_dir, source),
+        **{key: tuple(merged[key]) for key in ("rsync_exclude", "rsync_filter", *COMMAND_KEYS)},
+        source_path=source_path,
+    )
+
+
+@cache
+def _defaults(provider_type: str) -> dict:
+    return yaml.safe_load((_PACKAGE_DIR / "defaults" / f"{provider_type}.yaml").read_text())
+
+
+def _merge_defaults(data: dict) -> dict:
+    """The user's config over the provider's defaults; user node types replace the default ones."""
+    defaults = copy.deepcopy(_defaults(data["provider"]["type"]))
+    if "available_node_types" in data:
+        defaults.pop("available_node_types", None)
+        defaults.pop("head_node_type", None)
+    return _deep_merge(defaults, data)
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    """Dicts merge key by key; lists and scalars of `over` replace those of `base`."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _node_types(merged: dict, source: str) -> dict[str, NodeTypeConfig]:
+    types, head = merged["available_node_types"], merged.get("head_node_type")
+    provider_type = merged["provider"]["type"]
+    if not types:
+        has_none = not _defaults(provider_type)["available_node_types"]
+        note = f" (provider type {provider_type!r} has no default node types)" if has_none else ""
+        _fail(source, ["available_node_types"], f"expected at least one node type, got none{note}")
+    expected = f"expected the head's node type, one of: {', '.join(map(str, types))}"
+    if head is None:
+        _fail(source, ["head_node_type"], f"missing; {expected}")
+    if head not in types:
+        _fail(source, ["head_node_type"],
+              f"{head!r} is not a node type; {expected}{_did_you_mean(head, types)}")
+    return {name: _node_type(name, spec, name == head, merged, provider_type, source)
+            for name, spec in types.items()}
+
+
+def _node_type(name, spec, is_head, merged, provider_type, source) -> NodeTypeConfig:
+    """Fill a node type's defaults; the head's min/max_workers default to 0 and are never used."""
+    resources = spec.get("resources", _DEFAULT_RESOURCES.get(provider_type, {}))
+    setup_commands = spec.get("worker_setup_commands", merged["worker_setup_commands"])
+    for resource, amount in resources.items():
+        _check_resource(["available_node_types", name, "resources", resource], amount, source)
+    return NodeTypeConfig(
+        name=name,
+        node_config=spec.get("node_config", {}),
+        resources=dict(resources),
+        min_workers=int(spec.get("min_workers", 0)),
+        max_workers=int(spec.get("max_workers", 0 if is_head else merged["max_workers"])),
+        worker_setup_commands=tuple(setup_commands),
+    )
+
+
+def _check_provider(provider: Mapping, source: str) -> None:
+    """Ray's `local` means on-prem SSH hosts, ours means processes here: catch the mix-up."""
+    if provider["type"] != "local":
+        return
+    for key in ("head_ip", "worker_ips"):
+        if key in provider:
+            _fail(source, ["provider", key], "the local provider runs nodes as processes on this "
+                  "machine and takes no hosts; for SSH hosts use provider.type: ssh")
+
+
+def _check_resource(path: list, amount: float, source: str) -> None:
+    if not math.isfinite(amount):
+        _fail(source, path, f"expected a finite non-negative number, got {amount!r}")
+    if path[-1] in _COUNTED_RESOURCES and amount != int(amount):
+        _fail(source, path, f"expected a whole number ({path[-1]} counts whole units), "
+              f"got {amount!r}")
+
+
+def _check_worker_counts(max_workers: int, node_types: Mapping, head: str, source: str) -> None:
+    """min_workers must be reachable; a type's max_workers above the global cap is fine."""
+    workers = [t for name, t in node_types.items() if name != head]
+    for t in workers:
+        if t.min_workers > t.max_workers:
+            _fail(source, ["available_node_types", t.name, "min_workers"],
+                  f"{t.min_workers} is more than this type's max_workers {t.max_workers}; "
+                  f"expected at most {t.max_workers}")
+    total = sum(t.min_workers for t in workers)
+    if total > max_workers:
+        parts = ", ".join(f"{t.name}={t.min_workers}" for t in workers if t.min_workers)
+        _fail(source, ["max_workers"], f"{max_workers} is less than the sum of the worker types' "
+              f"min_workers ({total}: {parts}); expected max_workers >= {total}")
+
+
+def _resolve_mounts(mounts: Mapping[str, str], base_dir: Path, source: str) -> dict[str, str]:
+    """Local paths made absolute (relative ones against the YAML's directory); each must exist."""
+    resolved = {}
+    for remote, local in mounts.items():
+        path = os.path.normpath(base_dir / os.path.expanduser(local))
+        if not os.path.exists(path):
+            _fail(source, ["file_mounts", remote],
+                  f"local path {local!r} does not exist (looked for {path})")
+        resolved[remote] = path
+    return resolved
+
+
+def _check_keys(value: Any, path: list, source: str) -> None:
+    """Mapping keys must be strings (YAML reads `1:` or `yes:` as a number or a boolean)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                _fail(source, path + [str(key)], f"expected a string key, got {key!r}; quote it")
+            _check_keys(item, path + [key], source)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_keys(item, path + [index], source)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((_PACKAGE_DIR / "config_schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _validate(data: dict, source: str) -> None:
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        _fail(source, *_explain(error))
+
+
+def _explain(error: jsonschema.ValidationError) -> tuple[list, str]:
+    """A jsonschema error as (key path, what is wrong and what is expected)."""
+    path, instance, schema = list(error.absolute_path), error.instance, error.schema
+    if error.validator == "required":
+        missing = next(key for key in error.validator_value if key not in instance)
+        return path + [missing], _missing_message(error, missing)
+    if error.validator == "additionalProperties":
+        known = schema.get("properties", {})
+        unknown = next(key for key in instance if key not in known)
+        hint = _did_you_mean(unknown, known) or f"; expected one of: {', '.join(known)}"
+        return path + [unknown], f"unknown key{hint}"
+    message = f"expected {_describe(schema)}, got {_show(instance)}"
+    if error.validator == "enum":
+        message += _did_you_mean(instance, schema["enum"])
+    return path, message
+
+
+def _missing_message(error: jsonschema.ValidationError, key: str) -> str:
+    if "then" in error.schema_path:  # a provider-specific requirement
+        return f"missing; provider type {error.instance.get('type')!r} requires it"
+    key_schema = error.schema.get("properties", {}).get(key, {})
+    return f"missing required key; expected {_describe(key_schema)}"
+
+
+def _describe(schema: Mapping) -> str:
+    """What a value of `schema` should be, in words."""
+    if "x-expected" in schema:
+        return schema["x-expected"]
+    if "enum" in schema:
+        return "one of " + ", ".join(map(repr, schema["enum"]))
+    kind = schema.get("type")
+    if schema.get("minimum") == 0:
+        return f"a non-negative {kind}"
+    if schema.get("exclusiveMinimum") == 0:
+        return f"a positive {kind}"
+    return _TYPE_NAMES.get(kind, "a valid value")
+
+
+def _did_you_mean(word: Any, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as the user wrote it, shortened; an empty YAML value is None, say so."""
+    if value is None:
+        return "an empty value"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_path(parts: Sequence) -> str:
+    """`a.b[2]."/remote/path"`: list indices in brackets, unusual keys quoted."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = str(part)
+            text = text if _PLAIN_KEY.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+            out += f".{text}" if out else text
+    return out
+
+
+def _fail(source: str, path: Sequence, message: str) -> NoReturn:
+    line = f"{source}: {_key_path(path)}: {message}" if path else f"{source}: {message}"
+    raise ConfigError(" ".join(line.splitlines()))
+
+
+def _to_raw(config: ClusterConfig) -> dict:
+    """The full config as plain, JSON-able dicts and lists, keys in field order."""
+    raw = {}
+    for f in fields(config):
+        if f.name == "node_types":
+            raw["available_node_types"] = {
+                name: {key: value for key, value in vars(t).items() if key != "name"}
+                for name, t in config.node_types.items()
+            }
+        elif f.init and f.name != "source_path":
+            raw[f.name] = getattr(config, f.name)
+    return _plain(raw)
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy with every mapping a dict and every sequence a list."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
