@@ -92,7 +92,6 @@ class Reconciler:
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     _backoff_until: dict = field(default_factory=dict)
     _launched_at: dict = field(default_factory=dict)
-    _updating: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tick(self) -> planner.Plan:
@@ -154,10 +153,7 @@ class Reconciler:
                 broken.append(
                     (node_id, f"it did not join the cluster within {JOIN_TIMEOUT_S:.0f}s")
                 )
-        if broken:
-            self._terminate(broken, provider_nodes)
-            for node_id, _ in broken:
-                provider_nodes.pop(node_id, None)
+        self._terminate(broken, provider_nodes)
 
     def _terminate(self, terminations, provider_nodes: dict) -> None:
         ids = [node_id for node_id, _ in terminations]
@@ -165,7 +161,7 @@ class Reconciler:
             return
         self.provider.terminate(ids)
         for node_id, reason in terminations:
-            node_type = provider_nodes.get(node_id, {}).get(T.TAG_NODE_TYPE, "?")
+            node_type = provider_nodes.pop(node_id, {}).get(T.TAG_NODE_TYPE, "?")
             self._event(f"terminated {node_id} ({node_type}): {reason}")
             self._launched_at.pop(node_id, None)
 

@@ -12,7 +12,7 @@ import time
 from typing import Callable, Optional
 
 from launcher import tags as T
-from launcher.config import ClusterConfig, bootstrap_yaml, config_from_dict, load_config
+from launcher.config import BOOTSTRAP_CONFIG_PATH, ClusterConfig, bootstrap_yaml, config_from_dict, load_config
 from launcher.errors import ClusterNotFound, CommandFailed, LauncherError
 from launcher.providers import make_provider
 from launcher.providers.base import NodeProvider
@@ -20,7 +20,6 @@ from launcher.updater import NodeUpdater, launch_hash, node_env, runtime_hash
 
 Echo = Callable[[str], None]
 GCS_PORT = 6379
-BOOTSTRAP_PATH = "~/cluster_bootstrap.yaml"
 
 
 def open_cluster(config_path: str, cluster_name: Optional[str] = None) -> tuple:
@@ -76,7 +75,7 @@ def _update_head(provider, head, config, echo, run_setup, run_start) -> None:
             f.write(bootstrap_yaml(config))
         env = node_env(config, config.head_node_type, head, provider.internal_ip(head))
         updater = NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type, env=env,
-                              files={BOOTSTRAP_PATH: bootstrap}, on_output=_prefixed(echo, head),
+                              files={BOOTSTRAP_CONFIG_PATH: bootstrap}, on_output=_prefixed(echo, head),
                               run_setup=run_setup, run_start=run_start)
         started = time.monotonic()
         updater.run()

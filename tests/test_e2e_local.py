@@ -1,0 +1,159 @@
+"""The whole path on the `local` provider, through the real `cluster` CLI in subprocesses:
+config -> provider -> head -> runtime -> demand -> autoscaler -> workers -> results -> idle -> removal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import pid_alive
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = str(Path(sys.executable).parent / "cluster")
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    """A config for a 1-CPU head and 2-CPU workers with a short idle timeout; `down` at the end."""
+    config = yaml.safe_load((REPO / "cluster-configs" / "local.yaml").read_text())
+    config.update(cluster_name=f"e2e-{os.getpid()}", idle_timeout_minutes=0.1,
+                  autoscaler_update_interval_s=1)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    env["CLUSTER_LOCAL_STATE_DIR"] = str(tmp_path / "state")
+
+    def cli(*args, check=True, timeout=120):
+        result = subprocess.run([CLUSTER, *args], env=env, capture_output=True, text=True,
+                                timeout=timeout, cwd=tmp_path)
+        if check and result.returncode != 0:
+            raise AssertionError(f"cluster {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    yield cli, str(path), tmp_path / "state"
+    cli("down", "-y", str(path), check=False)
+
+
+def _nodes(state_dir: Path) -> dict:
+    return json.loads((state_dir / "nodes.json").read_text())["nodes"]
+
+
+def _group_pids(pgids) -> list[int]:
+    """Every live process in the given process groups (each local node is one group)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) in pgids and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_scale_up_for_demand_then_down_when_idle(local_cluster):
+    cli, config, state = local_cluster
+    out = cli("up", "-y", config).stdout
+    assert "Cluster is up" in out
+    assert len(_nodes(state)) == 1
+
+    run = cli("submit", config, str(REPO / "examples" / "scale_demo.py"), "4", "1000")
+    assert "All results correct." in run.stdout
+    assert "on 2 node(s)" in run.stdout or "on 3 node(s)" in run.stdout or "on 4 node(s)" in run.stdout
+
+    workers = [n for n in _nodes(state).values() if n["tags"]["node-kind"] == "worker"]
+    assert 1 <= len(workers) <= 3 and {w["tags"]["node-type"] for w in workers} == {"cpu-2"}
+    status = cli("status", config).stdout
+    assert "launched" in status and "cpu-2" in status
+
+    _wait_for(lambda: len(_nodes(state)) == 1, 40, "idle workers to be terminated")
+
+    def scale_down_events():
+        text = cli("status", config).stdout
+        return text if "terminated" in text else None
+
+    events = _wait_for(scale_down_events, 10, "the scale-down in the autoscaler's status")
+    assert events.count("idle for") == len(workers)
+
+
+def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_path):
+    cli, config, state = local_cluster
+    cli("up", "-y", config)
+    driver = tmp_path / "gpu_driver.py"
+    driver.write_text(
+        "import runtime as ray\n"
+        "ray.init('auto')\n"
+        "ref = ray.remote(num_gpus=1)(lambda: 1).remote()\n"
+        "try:\n    ray.get(ref, timeout=4)\nexcept ray.GetTimeoutError:\n    print('still waiting')\n")
+    assert "still waiting" in cli("submit", config, str(driver)).stdout
+
+    def infeasible_status():
+        text = cli("status", config).stdout
+        return text if "Infeasible" in text else None
+
+    status = _wait_for(infeasible_status, 20, "infeasible demand in status")
+    assert "GPU: 1}" in status
+    assert len(_nodes(state)) == 1  # no worker was launched for it
+
+
+def test_up_again_changes_nothing_and_down_leaves_nothing(local_cluster):
+    cli, config, state = local_cluster
+    cli("up", "-y", config)
+    first = _nodes(state)
+    session = json.loads((Path(next(iter(first.values()))["node_dir"]) / ".cluster" / "session.json")
+                         .read_text())
+    again = cli("up", "-y", config).stdout
+    assert "up to date" in again
+    assert _nodes(state) == first  # same head, same tags
+    assert all(pid_alive(p) for p in session["pids"].values())  # runtime not restarted
+
+    pgids = {n["pgid"] for n in first.values()}
+    pids = _group_pids(pgids)
+    assert set(session["pids"].values()) <= set(pids)
+    cli("down", "-y", config)
+    assert not [p for p in pids if pid_alive(p)]
+    assert _nodes(state) == {}
+    assert not any((state / "clusters").glob("*/*"))
+
+
+@pytest.mark.parametrize("verb", [["down", "-y"], ["status"], ["exec"], ["get-head-ip"]],
+                         ids=["down", "status", "exec", "get-head-ip"])
+def test_commands_on_a_cluster_that_does_not_exist_fail_clearly(local_cluster, verb):
+    cli, config, _ = local_cluster
+    args = verb + [config] + (["echo hi"] if verb == ["exec"] else [])
+    result = cli(*args, check=False)
+    assert result.returncode != 0
+    assert "is not running" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_is_one_line_with_the_key_path_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster_name: x\nprovider: {type: local}\n"
+                   "available_node_types:\n  head: {resources: {CPU: -1}}\nhead_node_type: head\n")
+    result = subprocess.run([CLUSTER, "up", "-y", str(bad)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "available_node_types.head.resources.CPU" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
