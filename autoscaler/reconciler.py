@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
 from autoscaler import planner
 from autoscaler.status import STATUS_KEY, format_shape
@@ -28,17 +28,17 @@ BACKOFF_S = 60.0  # a node type whose launch failed is not launched again for th
 MAX_EVENTS = 30
 
 
-def planner_config(config) -> planner.PlannerConfig:
-    types = {
-        name: planner.NodeTypeSpec(name, dict(t.resources), t.min_workers, t.max_workers)
-        for name, t in config.node_types.items()
-    }
+def planner_config(config, capped: Optional[Mapping[str, int]] = None) -> planner.PlannerConfig:
+    """The planner's view of the config; a type in `capped` may not grow beyond the count given."""
+    capped = capped or {}
+    types = {}
+    for name, t in config.node_types.items():
+        max_workers = min(t.max_workers, capped[name]) if name in capped else t.max_workers
+        types[name] = planner.NodeTypeSpec(
+            name, dict(t.resources), min(t.min_workers, max_workers), max_workers
+        )
     return planner.PlannerConfig(
-        types,
-        config.head_node_type,
-        config.max_workers,
-        config.upscaling_speed,
-        config.idle_timeout_s,
+        types, config.head_node_type, config.max_workers, config.upscaling_speed, config.idle_timeout_s
     )
 
 
@@ -103,43 +103,22 @@ class Reconciler:
         gcs_nodes = {n.node_id: n for n in state.nodes}
         self._replace_broken(provider_nodes, gcs_nodes, now)
         nodes = node_states(self.config, provider_nodes, gcs_nodes, now)
-        plan = planner.plan(self._planner_config(now), nodes, {}, demand_from(state), now)
+        config = planner_config(self.config, self._backed_off_caps(provider_nodes, now))
+        plan = planner.plan(config, nodes, {}, demand_from(state), now)
         self._terminate(plan.terminate, provider_nodes)
         for node_type, count in sorted(plan.launch.items()):
             self._launch(node_type, count, state)
         self._publish(provider_nodes, gcs_nodes, state, plan, now)
         return plan
 
-    def _planner_config(self, now: float) -> planner.PlannerConfig:
-        """The config, with node types in launch backoff capped at their current count."""
-        config = planner_config(self.config)
-        backed_off = {t for t, until in self._backoff_until.items() if until > now}
-        if not backed_off:
-            return config
-        counts = {}
-        for node_id in self.provider.nodes({T.TAG_NODE_KIND: T.KIND_WORKER}):
-            node_type = self.provider.node_tags(node_id).get(T.TAG_NODE_TYPE)
-            counts[node_type] = counts.get(node_type, 0) + 1
-        types = {
-            name: (
-                planner.NodeTypeSpec(
-                    name,
-                    spec.resources,
-                    min(spec.min_workers, counts.get(name, 0)),
-                    counts.get(name, 0),
-                )
-                if name in backed_off
-                else spec
-            )
-            for name, spec in config.node_types.items()
-        }
-        return planner.PlannerConfig(
-            types,
-            config.head_node_type,
-            config.max_workers,
-            config.upscaling_speed,
-            config.idle_timeout_s,
-        )
+    def _backed_off_caps(self, provider_nodes: dict, now: float) -> dict:
+        """Node types whose launches failed recently, capped at the count they have now."""
+        caps = {t: 0 for t, until in self._backoff_until.items() if until > now}
+        for tags in provider_nodes.values():
+            node_type = tags.get(T.TAG_NODE_TYPE)
+            if node_type in caps and tags.get(T.TAG_NODE_KIND) == T.KIND_WORKER:
+                caps[node_type] += 1
+        return caps
 
     def _replace_broken(self, provider_nodes: dict, gcs_nodes: dict, now: float) -> None:
         """Terminate workers whose setup failed or that never joined the runtime."""
