@@ -165,13 +165,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             queued = deque()
             for task in self._ready:
-                if fits(task.need, self.available):
+                target = self._placement(task)
+                if target is self:
                     subtract(self.available, task.need)
                     self._running[task.spec.task_id] = task
                     to_run.append(task)
-                    continue
-                target = self._spill_target(task)
-                if target is None:
+                elif target is None:
                     queued.append(task)
                 else:
                     subtract(target.available, task.need)
@@ -183,13 +182,24 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         for address, task in to_spill:
             self._io.submit(self._spill, address, task)
 
-    def _spill_target(self, task: _Task):
-        if task.spec.hops >= MAX_HOPS:
-            return None
-        candidates = [n for n in self._view.values() if fits(task.need, n.available)]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda n: (n.available.get("CPU", 0.0), n.node_id))
+    def _placement(self, task: _Task):
+        """self, another node's NodeInfo, or None (wait here).
+
+        Work that needs no GPU avoids GPU nodes while a node without GPUs has room, so GPUs stay
+        free for the work that needs them.
+        """
+        room = [] if task.spec.hops >= MAX_HOPS else [
+            n for n in self._view.values() if fits(task.need, n.available)]
+        needs_gpu = task.need.get("GPU", 0) > 0
+        if not needs_gpu:
+            cpu_only = [n for n in room if n.total.get("GPU", 0) <= 0]
+            if cpu_only and self.total.get("GPU", 0) > 0:
+                return max(cpu_only, key=_spare_cpu)
+        if fits(task.need, self.available):
+            return self
+        if room:
+            return max(room, key=lambda n: (needs_gpu or n.total.get("GPU", 0) <= 0, *_spare_cpu(n)))
+        return None
 
     def _run(self, task: _Task) -> None:
         spec = task.spec
@@ -325,6 +335,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             if address not in self._agents:
                 self._agents[address] = pb_grpc.NodeAgentStub(rpc.make_channel(address, self._token))
             return self._agents[address]
+
+
+def _spare_cpu(node: pb.NodeInfo) -> tuple:
+    return node.available.get("CPU", 0.0), node.node_id
 
 
 def main() -> None:

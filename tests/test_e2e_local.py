@@ -21,9 +21,10 @@ CLUSTER = str(Path(sys.executable).parent / "cluster")
 
 
 @pytest.fixture
-def local_cluster(tmp_path):
-    """A config for a 1-CPU head and 2-CPU workers with a short idle timeout; `down` at the end."""
-    config = yaml.safe_load((REPO / "cluster-configs" / "local.yaml").read_text())
+def local_cluster(tmp_path, request):
+    """A config (local.yaml unless parametrized) with a short idle timeout; `down` at the end."""
+    name = getattr(request, "param", "local.yaml")
+    config = yaml.safe_load((REPO / "cluster-configs" / name).read_text())
     config.update(cluster_name=f"e2e-{os.getpid()}", idle_timeout_minutes=0.1,
                   autoscaler_update_interval_s=1)
     path = tmp_path / "cluster.yaml"
@@ -134,6 +135,18 @@ def test_up_again_changes_nothing_and_down_leaves_nothing(local_cluster):
     assert not [p for p in pids if pid_alive(p)]
     assert _nodes(state) == {}
     assert not any((state / "clusters").glob("*/*"))
+
+
+@pytest.mark.parametrize("local_cluster", ["local-gpu.yaml"], indirect=True)
+def test_gpu_work_launches_gpu_workers_and_cpu_work_does_not(local_cluster):
+    cli, config, state = local_cluster
+    cli("up", "-y", config)
+    out = cli("submit", config, str(REPO / "examples" / "gpu_and_cpu.py")).stdout
+    assert "trained on gpu-a10" in out
+    workers = [n["tags"]["node-type"] for n in _nodes(state).values()
+               if n["tags"]["node-kind"] == "worker"]
+    assert workers.count("gpu-a10") == 1  # one GPU task: one GPU node
+    assert "preprocessing ran on ['cpu-4']" in out  # CPU-only work launched no GPU node
 
 
 @pytest.mark.parametrize("verb", [["down", "-y"], ["status"], ["exec"], ["get-head-ip"]],
