@@ -31,6 +31,10 @@ def reports_errors(command):
         except LauncherError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nodes created so far are tagged and `cluster down` removes them.",
+                       err=True)
+            sys.exit(130)
     return wrapper
 
 
@@ -110,13 +114,20 @@ def status(config, cluster_name):
     if config:
         cluster_ops.status(config, _stream, cluster_name=cluster_name)
         return
+    import grpc
+
     from autoscaler import status as autoscaler_status
     from runtime.session import read_session, read_token
 
     session = read_session()
     if session is None:
         raise LauncherError("no cluster runs on this node (no ~/.cluster/session.json)")
-    click.echo(autoscaler_status.render(*autoscaler_status.fetch(session.gcs_address, read_token())))
+    try:
+        state = autoscaler_status.fetch(session.gcs_address, read_token())
+    except grpc.RpcError as exc:
+        raise LauncherError(f"cannot reach this cluster's GCS at {session.gcs_address}: "
+                            f"{exc.code().name}") from None
+    click.echo(autoscaler_status.render(*state))
 
 
 @cli.command(name="get-head-ip")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import grpc
+
 from runtime import rpc
 from runtime.errors import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
@@ -112,6 +114,17 @@ def _gcs_stub(address: str, token: str):
     return pb_grpc.GcsStub(rpc.make_channel(address, token))
 
 
+def _check_gcs(address: str, token: str, wait_s: float = 10.0) -> None:
+    """Fail with one line when the head's GCS is unreachable or refuses the token."""
+    try:
+        _gcs_stub(address, token).KvGet(pb.KvRequest(key="ping"), timeout=wait_s, wait_for_ready=True)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise RuntimeClusterError(f"the GCS at {address} refused this node's cluster token") from None
+        raise RuntimeClusterError(f"cannot reach the GCS at {address} ({exc.code().name}): "
+                                  "is the head running and the address right?") from None
+
+
 def _start_agent(gcs_address, ip, resources, node_type, node_id, is_head, env) -> tuple:
     argv = ["runtime.node_agent", "--node-id", node_id, "--ip", ip, "--gcs-address", gcs_address,
             "--node-type", node_type, "--resources", json.dumps(resources)] + (["--head"] if is_head else [])
@@ -166,6 +179,7 @@ def start_worker(gcs_address: str, resources: dict, node_type: str = "", ip: Opt
     token = token or read_token()
     if not token:
         raise RuntimeClusterError("no cluster token: set $CLUSTER_AUTH_TOKEN or pass --token-file")
+    _check_gcs(gcs_address, token)
     write_token(token)
     env = dict(os.environ, **{TOKEN_ENV: token})
     agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, False, env)

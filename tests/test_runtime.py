@@ -11,6 +11,7 @@ import pytest
 
 import runtime as ray
 from runtime import node, rpc
+from runtime.errors import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from tests.conftest import pid_alive
@@ -203,3 +204,12 @@ def test_cpu_work_avoids_gpu_nodes_while_a_cpu_node_has_room(two_nodes, runtime_
         assert ray.get(where.options(num_gpus=1).remote()) == "127.0.3.3"
     finally:
         node._kill_all(gpu.pids, grace_s=3)
+
+
+def test_joining_with_a_wrong_token_is_refused_in_one_line(two_nodes, runtime_home, monkeypatch):
+    head, _ = two_nodes
+    monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "intruder"))
+    with pytest.raises(RuntimeClusterError, match="refused this node's cluster token") as info:
+        node.start_worker(head.gcs_address, {"CPU": 1}, ip="127.0.3.4", node_id="x", token="f" * 64)
+    assert "\n" not in str(info.value)
+    assert not (runtime_home / "intruder" / "session.json").exists()
