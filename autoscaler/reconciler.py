@@ -19,7 +19,8 @@ from autoscaler import planner
 from autoscaler.status import STATUS_KEY, format_shape
 from launcher import tags as T
 from launcher.errors import LauncherError
-from launcher.updater import NodeUpdater, launch_hash, node_env, runtime_hash
+from launcher.runtime_install import RuntimeInstaller
+from launcher.updater import NodeUpdater, launch_hash, node_env
 
 log = logging.getLogger("autoscaler")
 
@@ -94,6 +95,9 @@ class Reconciler:
     _launched_at: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self):
+        self._installer = RuntimeInstaller(log.info) if self.provider.installs_runtime else None
+
     def tick(self) -> planner.Plan:
         from runtime.generated import runtime_pb2 as pb
 
@@ -151,7 +155,6 @@ class Reconciler:
             T.TAG_NODE_TYPE: node_type,
             T.TAG_NODE_STATUS: T.STATUS_PENDING,
             T.TAG_LAUNCH_HASH: launch_hash(spec.node_config, self.config.auth),
-            T.TAG_RUNTIME_HASH: runtime_hash(self.config, T.KIND_WORKER, node_type),
         }
         try:
             node_ids = self.provider.create(node_type, spec.node_config, tags, count)
@@ -171,9 +174,8 @@ class Reconciler:
 
     def _set_up(self, node_id: str, node_type: str) -> None:
         env = node_env(self.config, node_type, node_id, self.head_ip, self.token)
-        updater = NodeUpdater(
-            self.provider, node_id, self.config, T.KIND_WORKER, node_type, env=env
-        )
+        updater = NodeUpdater(self.provider, node_id, self.config, T.KIND_WORKER, node_type, env=env,
+                              installer=self._installer)
         try:
             updater.run()
         except LauncherError as exc:

@@ -12,11 +12,13 @@ import time
 from typing import Callable, Optional
 
 from launcher import tags as T
-from launcher.config import BOOTSTRAP_CONFIG_PATH, ClusterConfig, bootstrap_yaml, config_from_dict, load_config
+from launcher.config import (BOOTSTRAP_CONFIG_PATH, BOOTSTRAP_KEY_PATH, ClusterConfig, bootstrap_yaml,
+                             config_from_dict, load_config)
 from launcher.errors import ClusterNotFound, CommandFailed, LauncherError
 from launcher.providers import make_provider
 from launcher.providers.base import NodeProvider
-from launcher.updater import NodeUpdater, launch_hash, node_env, runtime_hash
+from launcher.runtime_install import RuntimeInstaller
+from launcher.updater import NodeUpdater, launch_hash, node_env
 
 Echo = Callable[[str], None]
 GCS_PORT = 6379
@@ -44,7 +46,6 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
     config = provider.bootstrap(config)
     head_type = config.node_types[config.head_node_type]
     wanted_launch = launch_hash(head_type.node_config, config.auth)
-    wanted_runtime = runtime_hash(config, T.KIND_HEAD, config.head_node_type)
     head = head_node(provider, config, required=False)
     if head is not None and provider.node_tags(head).get(T.TAG_LAUNCH_HASH) != wanted_launch:
         if not confirm(f"The head node's node_config or auth changed: replace head {head}?"):
@@ -57,29 +58,32 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
         head = provider.create(config.head_node_type, head_type.node_config, {
             T.TAG_NODE_KIND: T.KIND_HEAD, T.TAG_NODE_TYPE: config.head_node_type,
             T.TAG_NODE_STATUS: T.STATUS_PENDING, T.TAG_LAUNCH_HASH: wanted_launch}, 1)[0]
-    tags = provider.node_tags(head)
-    unchanged = (tags.get(T.TAG_NODE_STATUS) == T.STATUS_UP_TO_DATE
-                 and tags.get(T.TAG_RUNTIME_HASH) == wanted_runtime)
-    if unchanged and not restart_only:
-        echo(f"Head {head} is up to date; nothing to do (use --restart-only to restart the runtime).")
-        return head
-    echo(f"Setting up head {head} at {provider.internal_ip(head)}...")
-    _update_head(provider, head, config, echo, run_setup=not restart_only, run_start=not no_restart)
+    with tempfile.TemporaryDirectory() as tmp:
+        updater = _head_updater(provider, head, config, echo, tmp)
+        updater.run_setup, updater.run_start = not restart_only, not no_restart
+        if updater.is_up_to_date() and not restart_only:
+            echo(f"Head {head} is up to date; nothing to do (use --restart-only to restart the runtime).")
+            return head
+        echo(f"Updating head {head} at {provider.internal_ip(head)}...")
+        started = time.monotonic()
+        ran = updater.run()
+    echo(f"Head {head} ready in {time.monotonic() - started:.1f}s ({', '.join(ran) or 'nothing'} ran).")
     return head
 
 
-def _update_head(provider, head, config, echo, run_setup, run_start) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        bootstrap = os.path.join(tmp, "cluster_bootstrap.yaml")
-        with open(bootstrap, "w") as f:
-            f.write(bootstrap_yaml(config))
-        env = node_env(config, config.head_node_type, head, provider.internal_ip(head))
-        updater = NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type, env=env,
-                              files={BOOTSTRAP_CONFIG_PATH: bootstrap}, on_output=_prefixed(echo, head),
-                              run_setup=run_setup, run_start=run_start)
-        started = time.monotonic()
-        updater.run()
-    echo(f"Head {head} ready in {time.monotonic() - started:.1f}s.")
+def _head_updater(provider, head, config, echo, tmp: str) -> NodeUpdater:
+    """The head's updater; it also ships the bootstrap config (and the SSH key) the autoscaler uses."""
+    bootstrap = os.path.join(tmp, "cluster_bootstrap.yaml")
+    with open(bootstrap, "w") as f:
+        f.write(bootstrap_yaml(config))
+    files = {BOOTSTRAP_CONFIG_PATH: bootstrap}
+    if config.auth.get("ssh_private_key"):
+        files[BOOTSTRAP_KEY_PATH] = os.path.expanduser(config.auth["ssh_private_key"])
+    installer = RuntimeInstaller(echo) if provider.installs_runtime else None
+    return NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type,
+                       env=node_env(config, config.head_node_type, head, provider.internal_ip(head)),
+                       files=files, installer=installer, on_output=_prefixed(echo, head),
+                       on_stage=lambda stage: echo(f"  [{head}] {stage}"))
 
 
 def _prefixed(echo: Echo, node_id: str) -> Callable[[str], None]:

@@ -38,6 +38,12 @@ class CommandRunner(abc.ABC):
         is killed and reported with exit code 124. Never raises for a non-zero exit.
         """
 
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the node accepts commands (e.g. its sshd answers), at most `timeout` seconds.
+
+        Raises a LauncherError carrying the last connection error. Default: ready at once.
+        """
+
     @abc.abstractmethod
     def put(self, local_path: str, remote_path: str) -> None:
         """Copy a local file or directory onto the node. `~` in remote_path is the node's home.

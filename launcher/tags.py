@@ -4,8 +4,12 @@ TAG_CLUSTER_NAME = "cluster-name"
 TAG_NODE_KIND = "node-kind"  # head | worker
 TAG_NODE_TYPE = "node-type"  # a key of available_node_types
 TAG_NODE_STATUS = "node-status"
-TAG_LAUNCH_HASH = "launch-hash"  # node_config + auth
-TAG_RUNTIME_HASH = "runtime-hash"  # setup commands + file mounts + runtime version
+TAG_LAUNCH_HASH = "launch-hash"  # node_config + auth: the node must be replaced when it changes
+# One tag per updater stage; a stage whose inputs hash to its tag's value is skipped.
+TAG_FILES_HASH = "files-hash"  # file mount contents
+TAG_SETUP_HASH = "setup-hash"  # initialization + setup commands
+TAG_RUNTIME_HASH = "runtime-hash"  # the installed runtime's version (providers that install it)
+TAG_START_HASH = "start-hash"  # start commands
 
 KIND_HEAD = "head"
 KIND_WORKER = "worker"

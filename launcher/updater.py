@@ -1,13 +1,19 @@
-"""Brings one node from "created" to "running the runtime": setup commands, then start commands.
+"""Brings one node from "created" to "running the runtime", stage by stage, skipping what is done.
 
+Stages: wait until the node accepts commands, sync file mounts, run setup commands, install the
+runtime, run start commands. Each stage's inputs are hashed into a tag on the node; a stage whose
+hash is unchanged is skipped, so re-running `cluster up` on an unchanged cluster runs nothing,
+editing a setup command re-runs setup, and editing a file under a file mount re-syncs files only.
+Start commands run when anything before them ran, when their own hash changed, or on request.
 The node's status tag follows each stage, so `cluster status` and a restarted autoscaler see where
-a node is. Both `cluster up` (the head) and the autoscaler (workers) use it.
+a node is. `cluster up` (the head) and the autoscaler (workers) both use it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
@@ -15,7 +21,7 @@ from launcher import tags as T
 from launcher.errors import LauncherError
 from launcher.providers.base import NodeProvider
 
-RUNTIME_VERSION = "0.1.0"
+SSH_TIMEOUT_S = 600.0
 
 
 class UpdateFailed(LauncherError):
@@ -27,18 +33,27 @@ def launch_hash(node_config: Mapping, auth: Mapping) -> str:
     return _digest({"node_config": node_config, "auth": auth})
 
 
-def runtime_hash(config, kind: str, node_type: str) -> str:
-    """Changes when a node's setup or start must run again."""
-    return _digest({
-        "setup": setup_commands(config, kind, node_type),
-        "start": start_commands(config, kind),
-        "file_mounts": dict(config.file_mounts),
-        "version": RUNTIME_VERSION,
-    })
-
-
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def files_digest(mounts: Mapping[str, str]) -> str:
+    """Files by content; directories by each file's path, size and modification time (fast on
+    large trees, and an edit changes the modification time)."""
+    h = hashlib.sha256()
+    for remote, local in sorted(mounts.items()):
+        h.update(f"{remote}\0".encode())  # where it goes and what it holds, not where it came from
+        if os.path.isfile(local):
+            with open(local, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+            continue
+        for root, dirs, files in os.walk(local):
+            dirs.sort()
+            for name in sorted(files):
+                stat = os.stat(os.path.join(root, name))
+                h.update(f"{os.path.relpath(os.path.join(root, name), local)}\0{stat.st_size}\0"
+                         f"{stat.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:16]
 
 
 def setup_commands(config, kind: str, node_type: str) -> list[str]:
@@ -62,32 +77,79 @@ class NodeUpdater:
     node_type: str
     env: Mapping[str, str] = field(default_factory=dict)  # added to every command (head IP, token...)
     files: Mapping[str, str] = field(default_factory=dict)  # remote path -> local path, besides file_mounts
+    installer: object = None  # RuntimeInstaller, for providers whose nodes need the runtime installed
     on_output: Optional[Callable[[str], None]] = None
+    on_stage: Callable[[str], None] = lambda stage: None
     run_setup: bool = True
     run_start: bool = True
+    ssh_timeout_s: float = SSH_TIMEOUT_S
 
-    def run(self) -> None:
-        """Run every stage; on failure tag the node update-failed and raise UpdateFailed."""
+    def wanted_hashes(self) -> dict[str, str]:
+        """The tag each stage writes when done, and the value it must have for the stage to skip."""
+        hashes = {
+            T.TAG_FILES_HASH: files_digest({**self.config.file_mounts, **self.files}),
+            T.TAG_SETUP_HASH: _digest(setup_commands(self.config, self.kind, self.node_type)),
+            T.TAG_START_HASH: _digest(start_commands(self.config, self.kind)),
+        }
+        if self.installer is not None:
+            hashes[T.TAG_RUNTIME_HASH] = self.installer.version()
+        return hashes
+
+    def is_up_to_date(self) -> bool:
+        tags = self.provider.node_tags(self.node_id)
+        return (tags.get(T.TAG_NODE_STATUS) == T.STATUS_UP_TO_DATE
+                and all(tags.get(k) == v for k, v in self.wanted_hashes().items()))
+
+    def run(self) -> list[str]:
+        """Run the stages that are due; returns their names. On failure the node is tagged
+        update-failed and UpdateFailed (one line: node, step, cause) is raised."""
         try:
-            self._run_stages()
-        except UpdateFailed:
+            return self._run_stages()
+        except LauncherError as exc:
             self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: T.STATUS_UPDATE_FAILED})
-            raise
-        self.provider.set_tags(self.node_id, {
-            T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE,
-            T.TAG_RUNTIME_HASH: runtime_hash(self.config, self.kind, self.node_type)})
+            if isinstance(exc, UpdateFailed):
+                raise
+            raise UpdateFailed(f"node {self.node_id}: {exc}") from None
 
-    def _run_stages(self) -> None:
+    def _run_stages(self) -> list[str]:
         runner = self.provider.command_runner(self.node_id)
-        self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: T.STATUS_SYNCING_FILES})
-        for remote, local in {**self.config.file_mounts, **self.files}.items():
-            runner.put(local, remote)
-        commands = []
-        if self.run_setup:
-            commands += setup_commands(self.config, self.kind, self.node_type)
-        if self.run_start:
-            commands += start_commands(self.config, self.kind)
-        self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: T.STATUS_SETTING_UP})
+        done = self.provider.node_tags(self.node_id)
+        wanted = self.wanted_hashes()
+        due = lambda tag: self.run_setup and done.get(tag) != wanted[tag]  # noqa: E731
+        ran = []
+        self._status(T.STATUS_WAITING_FOR_SSH)
+        runner.wait_ready(self.ssh_timeout_s)
+        if due(T.TAG_FILES_HASH):
+            self._status(T.STATUS_SYNCING_FILES, "syncing files")
+            for remote, local in {**self.config.file_mounts, **self.files}.items():
+                runner.put(local, remote)
+            ran.append(self._mark(T.TAG_FILES_HASH, wanted, "files"))
+        if due(T.TAG_SETUP_HASH):
+            self._status(T.STATUS_SETTING_UP, "running setup commands")
+            self._run_commands(runner, setup_commands(self.config, self.kind, self.node_type))
+            ran.append(self._mark(T.TAG_SETUP_HASH, wanted, "setup"))
+        if self.installer is not None and due(T.TAG_RUNTIME_HASH):
+            self._status(T.STATUS_SETTING_UP, "installing the runtime")
+            self.installer.install(runner, f"node {self.node_id}", on_output=self.on_output)
+            ran.append(self._mark(T.TAG_RUNTIME_HASH, wanted, "runtime"))
+        start_due = ran or done.get(T.TAG_START_HASH) != wanted[T.TAG_START_HASH] or not self.run_setup
+        if self.run_start and start_due:
+            self._status(T.STATUS_SETTING_UP, "running start commands")
+            self._run_commands(runner, start_commands(self.config, self.kind))
+            ran.append(self._mark(T.TAG_START_HASH, wanted, "start"))
+        self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE})
+        return ran
+
+    def _status(self, status: str, stage: Optional[str] = None) -> None:
+        self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: status})
+        if stage:
+            self.on_stage(stage)
+
+    def _mark(self, tag: str, wanted: dict, stage: str) -> str:
+        self.provider.set_tags(self.node_id, {tag: wanted[tag]})
+        return stage
+
+    def _run_commands(self, runner, commands: list[str]) -> None:
         for command in commands:
             result = runner.run(command, env=self.env, on_output=self.on_output)
             if result.exit_code != 0:

@@ -48,6 +48,8 @@ class _Runner(CommandRunner):
 class MemoryProvider(NodeProvider):
     """Nodes are dict entries; `fail_creates` makes create raise a capacity error."""
 
+    installs_runtime = False
+
     def __init__(self):
         super().__init__({"type": "memory"}, "rec")
         self.tags: dict[str, dict] = {}

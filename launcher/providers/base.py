@@ -18,6 +18,10 @@ class NodeProvider(abc.ABC):
     `provider_config` is the YAML's `provider` section after defaults were merged.
     """
 
+    installs_runtime = True
+    """Whether nodes need this project's runtime installed on them (not so when they share this
+    machine's Python environment, as `local` nodes do)."""
+
     def __init__(self, provider_config: Mapping, cluster_name: str):
         self.provider_config = provider_config
         self.cluster_name = cluster_name

@@ -89,6 +89,8 @@ class _State:
 
 
 class LocalNodeProvider(NodeProvider):
+    installs_runtime = False  # nodes run this machine's environment: the runtime is already here
+
     def __init__(self, provider_config: Mapping, cluster_name: str):
         super().__init__(provider_config, cluster_name)
         if not _CLUSTER_NAME.fullmatch(cluster_name):

@@ -1,0 +1,198 @@
+"""Installing this project's runtime on a node that may have no internet access.
+
+The launcher builds a wheelhouse once per (project version, node Python, node CPU) — the project's
+own wheel, zipped straight from the imported packages (so an editable checkout and an installed
+distribution work the same), plus its dependencies as binary wheels from pip — ships it to the node
+with the runner's `put`, and installs it into `~/.cluster/venv` with `pip --no-index`. A node that
+already has that exact wheelhouse installed is skipped. On the head, the shipped wheelhouse is what
+its autoscaler installs on the workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from launcher.command_runner import CommandRunner
+from launcher.errors import LauncherError
+
+DISTRIBUTION = "cluster-launcher"
+PACKAGES = ("launcher", "autoscaler", "runtime")
+NODE_DIR = ".cluster"  # under the node user's home
+NODE_WHEELHOUSE = f"~/{NODE_DIR}/wheelhouse"
+NODE_VENV = f"~/{NODE_DIR}/venv"
+MANIFEST = "manifest.json"
+
+
+class RuntimeInstallFailed(LauncherError):
+    """The runtime could not be built or installed; the message names the node and the step."""
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cluster-launcher"
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    """(path inside the wheel, file on disk) for every file of the project's packages."""
+    files = []
+    for package in PACKAGES:
+        root = Path(__import__(package).__file__).parent
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                files.append((f"{package}/{path.relative_to(root).as_posix()}", path))
+    return files
+
+
+def source_digest() -> str:
+    """Changes whenever any file of the project's packages changes."""
+    h = hashlib.sha256(_version().encode())
+    for name, path in _package_files():
+        h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _version() -> str:
+    return importlib.metadata.version(DISTRIBUTION)
+
+
+def build_project_wheel(directory: Path) -> Path:
+    """Zip the imported packages into a wheel in `directory` (pure Python, any platform)."""
+    dist = importlib.metadata.distribution(DISTRIBUTION)
+    version, tag = _version(), "py3-none-any"
+    info = f"cluster_launcher-{version}.dist-info"
+    metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {DISTRIBUTION}", f"Version: {version}"]
+                         + [f"Requires-Dist: {r}" for r in dist.requires or []]) + "\n"
+    entry_points = "".join(f"[{group}]\n" + "".join(f"{e.name} = {e.value}\n" for e in dist.entry_points
+                                                  if e.group == group)
+                           for group in sorted({e.group for e in dist.entry_points}))
+    generated = {f"{info}/METADATA": metadata,
+                 f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: cluster-launcher\nRoot-Is-Purelib: true\nTag: {tag}\n",
+                 f"{info}/entry_points.txt": entry_points}
+    path = directory / f"cluster_launcher-{version}-{tag}.whl"
+    records = io.StringIO()
+    writer = csv.writer(records, lineterminator="\n")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in [(n, p.read_bytes()) for n, p in _package_files()] + [
+                (n, t.encode()) for n, t in generated.items()]:
+            wheel.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data,
+                           compress_type=zipfile.ZIP_DEFLATED)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            writer.writerow([name, f"sha256={digest}", len(data)])
+        writer.writerow([f"{info}/RECORD", "", ""])
+        wheel.writestr(zipfile.ZipInfo(f"{info}/RECORD", date_time=(2020, 1, 1, 0, 0, 0)), records.getvalue())
+    return path
+
+
+def _download_dependencies(directory: Path, python: str, machine: str, echo) -> None:
+    requirements = [r for r in importlib.metadata.distribution(DISTRIBUTION).requires or []
+                    if "extra ==" not in r]
+    platforms = [f"--platform={p}_{machine}" for p in
+                 ("manylinux_2_28", "manylinux_2_17", "manylinux2014", "manylinux_2_5", "manylinux1")]
+    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+               "--only-binary=:all:", f"--python-version={python}", "--implementation=cp",
+               *platforms, "--dest", str(directory), *requirements]
+    echo(f"Downloading the runtime's dependencies for Python {python} on {machine}...")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeInstallFailed(f"pip download of the runtime's dependencies failed: {last}")
+
+
+def local_wheelhouse(python: str, machine: str, echo: Callable[[str], None]) -> Path:
+    """A complete wheelhouse for nodes with that Python and CPU: the one shipped to this node if
+    it matches (we are on a head), else built into the cache (reused until the project changes)."""
+    shipped = Path.home() / NODE_DIR / "wheelhouse"
+    wanted = {"source": source_digest(), "python": python, "machine": machine}
+    if _manifest_matches(shipped, wanted):
+        return shipped
+    target = _cache_root() / "wheelhouse" / f"{python}-{machine}-{wanted['source']}"
+    if _manifest_matches(target, wanted):
+        return target
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    dependencies = _cache_root() / "wheelhouse" / f"deps-{python}-{machine}"
+    if not _manifest_matches(dependencies, {"python": python, "machine": machine}):
+        _download_dependencies(staging, python, machine, echo)
+        shutil.rmtree(dependencies, ignore_errors=True)
+        shutil.copytree(staging, dependencies)
+        (dependencies / MANIFEST).write_text(json.dumps({"python": python, "machine": machine}))
+    else:
+        for wheel in dependencies.glob("*.whl"):
+            shutil.copy2(wheel, staging)
+    build_project_wheel(staging)
+    (staging / MANIFEST).write_text(json.dumps({**wanted, "digest": _wheels_digest(staging)}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)  # complete or absent, never half-built
+    return target
+
+
+def _manifest_matches(directory: Path, wanted: dict) -> bool:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return all(manifest.get(k) == v for k, v in wanted.items())
+
+
+def _wheels_digest(directory: Path) -> str:
+    h = hashlib.sha256()
+    for wheel in sorted(directory.glob("*.whl")):
+        h.update(wheel.name.encode() + str(wheel.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+class RuntimeInstaller:
+    """Installs the runtime on nodes over their command runners; one wheelhouse per node kind."""
+
+    def __init__(self, echo: Callable[[str], None] = lambda _: None):
+        self._echo = echo
+        self._wheelhouses: dict[tuple, Path] = {}
+        self._lock = threading.Lock()  # nodes are set up in parallel; build each wheelhouse once
+
+    def version(self) -> str:
+        """What is (to be) installed on the nodes: changes with the project's code."""
+        return source_digest()
+
+    def install(self, runner: CommandRunner, node_name: str,
+                on_output: Optional[Callable[[str], None]] = None) -> None:
+        probe = runner.run('python3 -c "import sys, platform; '
+                           'print(\'%d.%d\' % sys.version_info[:2], platform.machine())"')
+        if probe.exit_code != 0:
+            raise RuntimeInstallFailed(f"{node_name}: python3 is missing or broken "
+                                       f"(exit {probe.exit_code}): {probe.output_tail.strip()[-200:]}")
+        python, machine = probe.output_tail.split()[-2:]
+        with self._lock:
+            if (python, machine) not in self._wheelhouses:
+                self._wheelhouses[python, machine] = local_wheelhouse(python, machine, self._echo)
+            wheelhouse = self._wheelhouses[python, machine]
+        digest = json.loads((wheelhouse / MANIFEST).read_text())["digest"]
+        marker = f"{NODE_VENV}/.installed-{digest}"
+        if runner.run(f"test -f {marker}").exit_code == 0:
+            return
+        runner.put(str(wheelhouse), NODE_WHEELHOUSE)
+        script = " && ".join([
+            f"rm -rf {NODE_VENV}", f"python3 -m venv {NODE_VENV}",
+            f"{NODE_VENV}/bin/pip install --quiet --no-index --find-links {NODE_WHEELHOUSE} {DISTRIBUTION}",
+            "mkdir -p ~/.local/bin",
+            f"ln -sf {NODE_VENV}/bin/cluster ~/.local/bin/cluster",
+            f"ln -sf {NODE_VENV}/bin/python ~/.local/bin/python",
+            f"touch {marker}",
+        ])
+        result = runner.run(script, on_output=on_output)
+        if result.exit_code != 0:
+            tail = " | ".join(result.output_tail.strip().splitlines()[-3:])
+            raise RuntimeInstallFailed(f"{node_name}: installing the runtime failed "
+                                       f"(exit {result.exit_code}): {tail}")
