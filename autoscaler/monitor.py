@@ -35,7 +35,7 @@ def main() -> None:
     token = read_token()
     reconciler = Reconciler(
         config,
-        make_provider(config.provider, config.cluster_name),
+        make_provider(config.provider, config.cluster_name, config.auth),
         pb_grpc.GcsStub(rpc.make_channel(args.gcs_address, token)),
         head_ip=args.gcs_address.rsplit(":", 1)[0],
         token=token,

@@ -7,6 +7,7 @@ result. Errors the user can fix are one line on stderr and a non-zero exit, neve
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -79,29 +80,98 @@ def down(config, yes, workers_only, cluster_name):
     click.echo(f"Terminated {len(removed)} node(s).")
 
 
+node_option = click.option("--node", "node_ip", metavar="IP", help="A worker's IP instead of the head.")
+tmux_option = click.option("--tmux", is_flag=True, help="Run in a detached tmux session on the node.")
+screen_option = click.option("--screen", is_flag=True, help="Run in a detached screen session.")
+
+
 @cli.command(name="exec")
 @config_argument
 @click.argument("command")
+@node_option
+@tmux_option
+@screen_option
+@click.option("--start", is_flag=True, help="`cluster up` first, if the cluster is not up to date.")
+@click.option("--stop", is_flag=True, help="`cluster down` after the command finishes.")
+@click.option("-p", "--port-forward", "ports", type=int, multiple=True, metavar="PORT",
+              help="Forward this port on this machine to the node while the command runs.")
 @name_option
 @reports_errors
-def exec_(config, command, cluster_name):
-    """Run a shell command on the head node."""
-    sys.exit(cluster_ops.exec_on_head(config, command, _stream, cluster_name=cluster_name))
+def exec_(config, command, node_ip, tmux, screen, start, stop, ports, cluster_name):
+    """Run a shell command on the head node (or --node IP)."""
+    if start:
+        cluster_ops.up(config, _echo, cluster_name=cluster_name)
+    code = cluster_ops.exec_on_node(config, command, _stream, node_ip=node_ip, tmux=tmux,
+                                    screen=screen, port_forwards=ports, cluster_name=cluster_name)
+    if stop:
+        cluster_ops.down(config, _echo, cluster_name=cluster_name)
+    sys.exit(code)
 
 
 def _stream(text: str) -> None:
     click.echo(text, nl=False)
 
 
+@cli.command()
+@config_argument
+@tmux_option
+@node_option
+@name_option
+@reports_errors
+def attach(config, tmux, node_ip, cluster_name):
+    """Open an interactive shell on the head node."""
+    argv = cluster_ops.attach_argv(config, tmux=tmux, node_ip=node_ip, cluster_name=cluster_name)
+    os.execvp(argv[0], argv)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @config_argument
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@tmux_option
+@screen_option
 @name_option
 @reports_errors
-def submit(config, script, args, cluster_name):
+def submit(config, script, args, tmux, screen, cluster_name):
     """Copy a Python script to the head and run it there."""
-    sys.exit(cluster_ops.submit(config, script, list(args), _stream, cluster_name=cluster_name))
+    sys.exit(cluster_ops.submit(config, script, list(args), _stream, tmux=tmux, screen=screen,
+                                cluster_name=cluster_name))
+
+
+@cli.command(name="rsync-up")
+@config_argument
+@click.argument("source")
+@click.argument("target")
+@click.option("--all-nodes", is_flag=True, help="Also copy to every worker node.")
+@name_option
+@reports_errors
+def rsync_up(config, source, target, all_nodes, cluster_name):
+    """Copy a local file or directory to the head (SOURCE local, TARGET on the node)."""
+    nodes = cluster_ops.rsync_up(config, source, target, _echo, all_nodes=all_nodes,
+                                 cluster_name=cluster_name)
+    click.echo(f"Copied to {len(nodes)} node(s).")
+
+
+@cli.command(name="rsync-down")
+@config_argument
+@click.argument("source")
+@click.argument("target")
+@node_option
+@name_option
+@reports_errors
+def rsync_down(config, source, target, node_ip, cluster_name):
+    """Copy a file or directory from the head to here (SOURCE on the node, TARGET local)."""
+    cluster_ops.rsync_down(config, source, target, node_ip=node_ip, cluster_name=cluster_name)
+
+
+@cli.command()
+@config_argument
+@click.option("-n", "--lines", default=100, show_default=True, help="Lines of history to show first.")
+@click.option("--cluster-name", help="Override the cluster_name of the YAML.")
+@reports_errors
+def monitor(config, lines, cluster_name):
+    """Follow the autoscaler's log on the head (Ctrl-C to stop)."""
+    sys.exit(cluster_ops.monitor(config, _stream, lines=lines, cluster_name=cluster_name))
 
 
 @cli.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import tempfile
 import time
 from typing import Callable, Optional
@@ -29,7 +30,7 @@ def open_cluster(config_path: str, cluster_name: Optional[str] = None) -> tuple:
     config = load_config(config_path)
     if cluster_name:
         config = config_from_dict({**config.raw, "cluster_name": cluster_name}, config_path)
-    return config, make_provider(config.provider, config.cluster_name)
+    return config, make_provider(config.provider, config.cluster_name, config.auth)
 
 
 def head_node(provider: NodeProvider, config: ClusterConfig, required: bool = True) -> Optional[str]:
@@ -112,25 +113,83 @@ def down(config_path: str, echo: Echo, *, workers_only=False, cluster_name=None)
     return removed
 
 
-def exec_on_head(config_path: str, command: str, echo: Echo, *, cluster_name=None, env=None) -> int:
-    """Run a shell command on the head, streaming its output; returns its exit code."""
+def node_runner(config_path: str, node_ip: Optional[str] = None, cluster_name=None) -> tuple:
+    """(provider, node id, runner) of the head, or of the node with that IP."""
     config, provider = open_cluster(config_path, cluster_name)
     head = head_node(provider, config)
-    result = provider.command_runner(head).run(command, env=env, on_output=echo)
-    return result.exit_code
+    if node_ip is None:
+        return provider, head, provider.command_runner(head)
+    for node_id in provider.nodes({}):
+        if node_ip in (provider.internal_ip(node_id), provider.external_ip(node_id)):
+            return provider, node_id, provider.command_runner(node_id)
+    known = ", ".join(provider.internal_ip(n) for n in provider.nodes({}))
+    raise ClusterNotFound(f"cluster '{config.cluster_name}' has no node with IP {node_ip} (nodes: {known})")
 
 
-def submit(config_path: str, script: str, args: list[str], echo: Echo, *, cluster_name=None) -> int:
+def detached(command: str, tmux: bool = False, screen: bool = False) -> str:
+    """Wrap a command to run in a new tmux or screen session on the node, surviving disconnects."""
+    inner = shlex.quote(f"{command}; exec bash")
+    if tmux:
+        return f"tmux new-session -d bash -c {inner}"
+    if screen:
+        return f"screen -dm bash -c {inner}"
+    return command
+
+
+def exec_on_node(config_path: str, command: str, echo: Echo, *, node_ip=None, tmux=False,
+                 screen=False, port_forwards=(), cluster_name=None, env=None) -> int:
+    """Run a shell command on the head (or the node with node_ip); returns its exit code."""
+    _, _, runner = node_runner(config_path, node_ip, cluster_name)
+    command = detached(command, tmux, screen)
+    if port_forwards:  # the tunnels live as long as an ssh process in this terminal
+        return subprocess.call(runner.shell_argv(command, port_forwards))
+    return runner.run(command, env=env, on_output=echo).exit_code
+
+
+def attach_argv(config_path: str, *, tmux=False, node_ip=None, cluster_name=None) -> list[str]:
+    """The argv of an interactive shell on the head (in a tmux session that outlives it: --tmux)."""
+    _, _, runner = node_runner(config_path, node_ip, cluster_name)
+    return runner.shell_argv("tmux attach || tmux new-session" if tmux else None)
+
+
+def rsync_up(config_path: str, source: str, target: str, echo: Echo, *, all_nodes=False,
+             cluster_name=None) -> list[str]:
+    """Copy a local file or tree to the head (and every worker with all_nodes); returns node ids."""
+    if not os.path.exists(source):
+        raise LauncherError(f"{source}: no such file or directory")
+    config, provider = open_cluster(config_path, cluster_name)
+    nodes = [head_node(provider, config)]
+    if all_nodes:
+        nodes += provider.nodes({T.TAG_NODE_KIND: T.KIND_WORKER})
+    for node_id in nodes:
+        echo(f"{source} -> {node_id}:{target}")
+        provider.command_runner(node_id).put(source, target, excludes=config.rsync_exclude,
+                                             filters=config.rsync_filter)
+    return nodes
+
+
+def rsync_down(config_path: str, source: str, target: str, *, node_ip=None, cluster_name=None) -> None:
+    """Copy a file or tree from the head (or the node with node_ip) to this machine."""
+    _, _, runner = node_runner(config_path, node_ip, cluster_name)
+    runner.get(source, target)
+
+
+def monitor(config_path: str, echo: Echo, *, lines: int = 100, cluster_name=None) -> int:
+    """Follow the autoscaler's log on the head until interrupted."""
+    return exec_on_node(config_path, f"tail -n {int(lines)} -F ~/.cluster/logs/autoscaler.log", echo,
+                        cluster_name=cluster_name)
+
+
+def submit(config_path: str, script: str, args: list[str], echo: Echo, *, tmux=False,
+           screen=False, cluster_name=None) -> int:
     """Copy a script to the head and run it there with python; returns its exit code."""
     if not os.path.isfile(script):
         raise LauncherError(f"{script}: no such file")
-    config, provider = open_cluster(config_path, cluster_name)
-    head = head_node(provider, config)
-    runner = provider.command_runner(head)
+    _, _, runner = node_runner(config_path, cluster_name=cluster_name)
     remote = f"~/{os.path.basename(script)}"
     runner.put(script, remote)
     command = " ".join(["python", shlex.quote(remote.replace("~/", "", 1))] + [shlex.quote(a) for a in args])
-    return runner.run(command, on_output=echo).exit_code
+    return runner.run(detached(command, tmux, screen), on_output=echo).exit_code
 
 
 def head_ip(config_path: str, *, cluster_name=None) -> str:
@@ -147,7 +206,7 @@ def worker_ips(config_path: str, *, cluster_name=None) -> list[str]:
 
 def status(config_path: str, echo: Echo, *, cluster_name=None) -> int:
     """`cluster status` run on the head, which reads its GCS."""
-    code = exec_on_head(config_path, "cluster status", echo, cluster_name=cluster_name)
+    code = exec_on_node(config_path, "cluster status", echo, cluster_name=cluster_name)
     if code != 0:
         raise CommandFailed(f"`cluster status` on the head exited with code {code}", code)
     return code

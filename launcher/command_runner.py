@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 OutputSink = Callable[[str], None]
 """Receives a command's combined stdout/stderr as it arrives, in text chunks."""
@@ -38,6 +38,12 @@ class CommandRunner(abc.ABC):
         is killed and reported with exit code 124. Never raises for a non-zero exit.
         """
 
+    @abc.abstractmethod
+    def shell_argv(self, command: Optional[str] = None, port_forwards: Sequence[int] = ()) -> list[str]:
+        """An argv that, run in this terminal, executes `command` on the node (an interactive login
+        shell when None) with a terminal attached; each port in `port_forwards` on this machine
+        then reaches the same port on the node while it runs. For `cluster attach` and `exec -p`."""
+
     def wait_ready(self, timeout: float) -> None:
         """Block until the node accepts commands (e.g. its sshd answers), at most `timeout` seconds.
 
@@ -45,10 +51,13 @@ class CommandRunner(abc.ABC):
         """
 
     @abc.abstractmethod
-    def put(self, local_path: str, remote_path: str) -> None:
+    def put(self, local_path: str, remote_path: str, *, excludes: Sequence[str] = (),
+            filters: Sequence[str] = ()) -> None:
         """Copy a local file or directory onto the node. `~` in remote_path is the node's home.
 
         A directory is copied as a tree to remote_path (remote_path becomes that directory).
+        `excludes` are rsync exclude patterns (the config's rsync_exclude); `filters` are rsync
+        filter rules (rsync_filter, e.g. ".gitignore" means "dir-merge,- .gitignore").
         """
 
     @abc.abstractmethod

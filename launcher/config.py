@@ -168,6 +168,7 @@ def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
     _validate(data, source)
     merged = _merge_defaults(data)
     _check_provider(merged["provider"], source)
+    _check_ssh_auth(merged["provider"]["type"], merged["auth"], source)
     node_types = _node_types(merged, source)
     _check_worker_counts(int(merged["max_workers"]), node_types, merged["head_node_type"], source)
     base_dir = Path(source_path).parent if source_path else Path.cwd()
@@ -253,6 +254,16 @@ def _check_provider(provider: Mapping, source: str) -> None:
         if key in provider:
             _fail(source, ["provider", key], "the local provider runs nodes as processes on this "
                   "machine and takes no hosts; for SSH hosts use provider.type: ssh")
+
+
+def _check_ssh_auth(provider_type: str, auth: Mapping, source: str) -> None:
+    """Hosts the user already has can only be reached with a login the user gives."""
+    if provider_type != "ssh":
+        return
+    for key, expected in (("ssh_user", "the login user on your hosts, e.g. ubuntu"),
+                          ("ssh_private_key", "the path of the private key that logs in to them")):
+        if not auth.get(key):
+            _fail(source, ["auth", key], f"missing; provider type 'ssh' requires it ({expected})")
 
 
 def _check_resource(path: list, amount: float, source: str) -> None:

@@ -122,7 +122,8 @@ class NodeUpdater:
         if due(T.TAG_FILES_HASH):
             self._status(T.STATUS_SYNCING_FILES, "syncing files")
             for remote, local in {**self.config.file_mounts, **self.files}.items():
-                runner.put(local, remote)
+                runner.put(local, remote, excludes=self.config.rsync_exclude,
+                           filters=self.config.rsync_filter)
             ran.append(self._mark(T.TAG_FILES_HASH, wanted, "files"))
         if due(T.TAG_SETUP_HASH):
             self._status(T.STATUS_SETTING_UP, "running setup commands")

@@ -41,8 +41,9 @@ def detect_resources(num_cpus=None, num_gpus=None, resources=None) -> dict:
     if gpus:
         detected["GPU"] = float(len(gpus))
         detected[f"accelerator_type:{gpus[0]}"] = 1.0
-    if os.environ.get("CLUSTER_NODE_RESOURCES"):
-        detected = {k: float(v) for k, v in json.loads(os.environ["CLUSTER_NODE_RESOURCES"]).items()}
+    from_node_type = json.loads(os.environ.get("CLUSTER_NODE_RESOURCES") or "{}")
+    if from_node_type:  # a node type without `resources` leaves detection to the node
+        detected = {k: float(v) for k, v in from_node_type.items()}
     if num_cpus is not None:
         detected["CPU"] = float(num_cpus)
     if num_gpus is not None:

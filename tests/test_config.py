@@ -67,6 +67,10 @@ BAD = [
      "missing required key; expected one of 'local', 'ssh'"),
     ("unknown-provider-type", with_(provider={"type": "gce"}), "provider.type",
      "expected one of 'local', 'ssh', 'aws', 'gcp', 'azure', got 'gce'; did you mean 'gcp'?"),
+    ("ssh-missing-key", with_(provider={"type": "ssh", "head_ip": "h", "worker_ips": []},
+                              auth={"ssh_user": "ubuntu"}, available_node_types=TYPES,
+                              head_node_type="head"),
+     "auth.ssh_private_key", "provider type 'ssh' requires it"),
     ("ssh-missing-worker-ips", with_(provider={"type": "ssh", "head_ip": "10.0.0.1"}),
      "provider.worker_ips", "missing; provider type 'ssh' requires it"),
     ("ssh-worker-ip-number", with_(provider={"type": "ssh", "head_ip": "h", "worker_ips": [1]}),
@@ -311,6 +315,7 @@ def test_defaults_file_is_complete_and_loads(provider_type):
     schema = json.loads((REPO / "launcher" / "config_schema.json").read_text())
     assert set(schema["properties"]) - set(defaults) <= {"cluster_name", "head_node_type"}
     provider = {"type": provider_type, **PROVIDER_KEYS[provider_type]}
+    auth = {"ssh_user": "u", "ssh_private_key": "~/k"} if provider_type == "ssh" else {}
     config = config_from_dict(with_(provider=provider, available_node_types={"h": {}},
-                                    head_node_type="h"))
+                                    head_node_type="h", auth=auth))
     assert isinstance(config, ClusterConfig) and config.provider == provider

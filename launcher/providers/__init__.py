@@ -4,7 +4,7 @@ needed only by clusters on that cloud."""
 from __future__ import annotations
 
 import importlib
-from typing import Mapping
+from typing import Mapping, Optional
 
 from launcher.errors import ConfigError
 from launcher.providers.base import NodeProvider
@@ -18,8 +18,10 @@ _PROVIDERS = {
 }
 
 
-def make_provider(provider_config: Mapping, cluster_name: str) -> NodeProvider:
-    """The provider named by provider_config["type"], for this cluster."""
+def make_provider(provider_config: Mapping, cluster_name: str,
+                  auth: Optional[Mapping] = None) -> NodeProvider:
+    """The provider named by provider_config["type"], for this cluster; `auth` is the config's
+    auth section, for providers whose nodes are reached over SSH."""
     name = provider_config.get("type")
     if not isinstance(name, str) or name not in _PROVIDERS:
         raise ConfigError(
@@ -27,4 +29,4 @@ def make_provider(provider_config: Mapping, cluster_name: str) -> NodeProvider:
         )
     module_name, class_name = _PROVIDERS[name].split(":")
     provider_class = getattr(importlib.import_module(module_name), class_name)
-    return provider_class(provider_config, cluster_name)
+    return provider_class(provider_config, cluster_name, auth)

@@ -22,9 +22,10 @@ class NodeProvider(abc.ABC):
     """Whether nodes need this project's runtime installed on them (not so when they share this
     machine's Python environment, as `local` nodes do)."""
 
-    def __init__(self, provider_config: Mapping, cluster_name: str):
+    def __init__(self, provider_config: Mapping, cluster_name: str, auth: Optional[Mapping] = None):
         self.provider_config = provider_config
         self.cluster_name = cluster_name
+        self.auth = dict(auth or {})  # the config's `auth`: how to log in to nodes over SSH
 
     @abc.abstractmethod
     def nodes(self, tag_filters: Mapping[str, str]) -> list[str]:

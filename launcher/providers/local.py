@@ -91,8 +91,8 @@ class _State:
 class LocalNodeProvider(NodeProvider):
     installs_runtime = False  # nodes run this machine's environment: the runtime is already here
 
-    def __init__(self, provider_config: Mapping, cluster_name: str):
-        super().__init__(provider_config, cluster_name)
+    def __init__(self, provider_config: Mapping, cluster_name: str, auth: Optional[Mapping] = None):
+        super().__init__(provider_config, cluster_name, auth)
         if not _CLUSTER_NAME.fullmatch(cluster_name):
             raise ConfigError(
                 f"cluster_name: {cluster_name!r} must be letters, digits, '.', '_' or '-'"
@@ -127,7 +127,8 @@ class LocalNodeProvider(NodeProvider):
         return self._record(node_id)["ip"]
 
     def command_runner(self, node_id: str) -> "LocalCommandRunner":
-        return LocalCommandRunner(node_id, self._record(node_id)["node_dir"])
+        record = self._record(node_id)
+        return LocalCommandRunner(node_id, record["node_dir"], _node_env(record, self._state.root))
 
     def create(
         self, node_type: str, node_config: Mapping, tags: Mapping[str, str], count: int
@@ -284,9 +285,17 @@ class LocalCommandRunner(CommandRunner):
     """Runs commands through the node's supervisor; files are copied directly, since the node's
     filesystem is this machine's."""
 
-    def __init__(self, node_id: str, node_dir: str):
+    def __init__(self, node_id: str, node_dir: str, node_env: Mapping[str, str]):
         self.node_id = node_id
         self.node_dir = node_dir
+        self.node_env = dict(node_env)
+
+    def shell_argv(self, command: Optional[str] = None, port_forwards: Sequence[int] = ()) -> list[str]:
+        """A login shell in the node's home and environment; its ports are this machine's
+        already, so there is nothing to forward."""
+        env = [f"{k}={v}" for k, v in sorted(self.node_env.items())]
+        return ["env", "-i", "-C", self.node_dir, *env, "bash", "--login",
+                *(["-c", command] if command else [])]
 
     def run(
         self,
@@ -317,8 +326,10 @@ class LocalCommandRunner(CommandRunner):
                 if final:
                     return CommandResult(value, tail)
 
-    def put(self, local_path: str, remote_path: str) -> None:
-        _copy(local_path, self._on_node(remote_path))
+    def put(self, local_path: str, remote_path: str, *, excludes: Sequence[str] = (),
+            filters: Sequence[str] = ()) -> None:
+        """A copy on this filesystem; exclude patterns apply, filter rules (rsync-only) do not."""
+        _copy(local_path, self._on_node(remote_path), excludes)
 
     def get(self, remote_path: str, local_path: str) -> None:
         _copy(self._on_node(remote_path), local_path)
@@ -330,11 +341,12 @@ class LocalCommandRunner(CommandRunner):
         return os.path.normpath(os.path.join(self.node_dir, path))
 
 
-def _copy(src: str, dst: str) -> None:
+def _copy(src: str, dst: str, excludes: Sequence[str] = ()) -> None:
     dst = os.path.abspath(dst)
     try:
         if os.path.isdir(src):
-            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(*excludes) if excludes else None)
         else:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copy2(src, dst)

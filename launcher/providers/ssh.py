@@ -1,0 +1,116 @@
+"""The `ssh` provider: machines the user already has, listed in the config.
+
+`provider.head_ip` is the head; `provider.worker_ips` are the hosts the autoscaler may claim for
+workers. Creating a node claims a free host; terminating one stops the runtime there and releases
+the claim — the machine itself is left alone. Claims and tags live on the head in a file under a
+lock (see ssh_claims), so the laptop and the head's autoscaler share one truth.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shlex
+import threading
+from typing import Mapping, Optional, Sequence
+
+from launcher import tags as T
+from launcher.errors import CapacityError, ProviderError
+from launcher.providers import ssh_claims
+from launcher.providers.base import NodeProvider
+
+KNOWN_HOSTS_DIR = "~/.cluster-launcher/known_hosts"
+
+
+def known_hosts_path(cluster_name: str) -> str:
+    """Per-cluster known_hosts: a replaced machine in one cluster never affects another."""
+    return os.path.join(os.path.expanduser(KNOWN_HOSTS_DIR), cluster_name)
+
+
+class SSHNodeProvider(NodeProvider):
+    def __init__(self, provider_config: Mapping, cluster_name: str, auth: Optional[Mapping] = None):
+        super().__init__(provider_config, cluster_name, auth)
+        self.head_ip = provider_config["head_ip"]
+        self.worker_ips = list(provider_config["worker_ips"])
+        self._state_path = f"~/.cluster/ssh-claims-{cluster_name}.json"
+        # processes on the head (the autoscaler) were started with the head's node id
+        self._on_head = os.environ.get("CLUSTER_NODE_ID") == self.head_ip
+        self._runners: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _claims(self, op: dict) -> dict:
+        op = {**op, "path": self._state_path}
+        if self._on_head:
+            return ssh_claims.apply(op)
+        chunks: list[str] = []
+        source = inspect.getsource(ssh_claims)
+        result = self.command_runner(self.head_ip).run(
+            f"python3 -c {shlex.quote(source)} {shlex.quote(json.dumps(op))}", on_output=chunks.append)
+        if result.exit_code != 0:
+            raise ProviderError(f"head {self.head_ip}: reading the cluster's host claims failed "
+                                f"(exit {result.exit_code}): {result.output_tail.strip()[-200:]}")
+        return json.loads("".join(chunks).strip().splitlines()[-1])
+
+    def nodes(self, tag_filters: Mapping[str, str]) -> list[str]:
+        nodes = self._claims({"op": "read"})["nodes"]
+        return [ip for ip, node in sorted(nodes.items())
+                if all(node["tags"].get(k) == v for k, v in tag_filters.items())]
+
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        node = self._claims({"op": "read"})["nodes"].get(node_id)
+        if node is None:
+            raise ProviderError(f"host {node_id} is not a node of cluster {self.cluster_name}")
+        return dict(node["tags"])
+
+    def create(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
+               count: int) -> list[str]:
+        is_head = tags.get(T.TAG_NODE_KIND) == T.KIND_HEAD
+        candidates = [self.head_ip] if is_head else [ip for ip in self.worker_ips if ip != self.head_ip]
+        tags = {**tags, T.TAG_CLUSTER_NAME: self.cluster_name, T.TAG_NODE_TYPE: node_type}
+        claimed = self._claims({"op": "claim", "candidates": candidates, "count": count,
+                                "tags": tags})["claimed"]
+        if len(claimed) < count:
+            raise CapacityError(f"no free host for {count} {node_type} node(s): every address in "
+                                f"provider.{'head_ip' if is_head else 'worker_ips'} is in use")
+        return claimed
+
+    def terminate(self, node_ids: Sequence[str]) -> None:
+        """Stop the runtime on each host (best effort: it may be down) and release it."""
+        for node_id in node_ids:
+            try:
+                self.command_runner(node_id).run(
+                    "command -v cluster >/dev/null && cluster stop || true", timeout=60)
+            except Exception:  # an unreachable host is released all the same
+                pass
+            self._close_runner(node_id)
+        self._claims({"op": "release", "ips": list(node_ids)})
+
+    def set_tags(self, node_id: str, tags: Mapping[str, str]) -> None:
+        self._claims({"op": "set_tags", "ip": node_id, "tags": dict(tags)})
+
+    def internal_ip(self, node_id: str) -> str:
+        return node_id
+
+    def external_ip(self, node_id: str) -> Optional[str]:
+        return node_id
+
+    def command_runner(self, node_id: str):
+        from launcher.ssh import SSHCommandRunner, SSHTarget
+
+        with self._lock:
+            if node_id not in self._runners:
+                target = SSHTarget(
+                    host=node_id, user=self.auth["ssh_user"],
+                    key_path=os.path.expanduser(self.auth["ssh_private_key"]),
+                    known_hosts=known_hosts_path(self.cluster_name),
+                    proxy_command=self.auth.get("ssh_proxy_command"),
+                    node_name=f"host {node_id}")
+                self._runners[node_id] = SSHCommandRunner(target)
+            return self._runners[node_id]
+
+    def _close_runner(self, node_id: str) -> None:
+        with self._lock:
+            runner = self._runners.pop(node_id, None)
+        if runner is not None:
+            runner.close()
