@@ -1,5 +1,5 @@
 # Sourced by demo.sh and test.sh: makes a fresh Debian machine ready, idempotently and quickly.
-# - Debian packages the project needs (python3-venv, rsync, openssh-server), via apt-get when missing
+# - Debian packages the project needs (python3-venv, rsync, openssh-server, debootstrap), via apt-get when missing
 # - .venv with the project and its test dependencies, re-installed only when pyproject.toml changed
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,6 +9,7 @@ PYTHON="${PYTHON:-python3}"
 need_apt=()
 command -v rsync >/dev/null || need_apt+=(rsync)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+[ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)  # rootfs of the container-node test harness
 "$PYTHON" -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> Installing Debian packages: ${need_apt[*]}"
