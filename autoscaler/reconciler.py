@@ -173,7 +173,8 @@ class Reconciler:
             threading.Thread(target=self._set_up, args=(node_id, node_type), daemon=True).start()
 
     def _set_up(self, node_id: str, node_type: str) -> None:
-        env = node_env(self.config, node_type, node_id, self.head_ip, self.token)
+        env = node_env(self.config, node_type, node_id, self.provider.internal_ip(node_id),
+                       self.head_ip, self.token)
         updater = NodeUpdater(self.provider, node_id, self.config, T.KIND_WORKER, node_type, env=env,
                               installer=self._installer)
         try:

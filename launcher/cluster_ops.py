@@ -44,7 +44,7 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
        confirm: Callable[[str], bool] = lambda _: True) -> str:
     """Create or update the head node and start the runtime there. Returns the head node id."""
     config, provider = open_cluster(config_path, cluster_name)
-    config = provider.bootstrap(config)
+    config = provider.bootstrap(config, echo)
     head_type = config.node_types[config.head_node_type]
     wanted_launch = launch_hash(head_type.node_config, config.auth)
     head = head_node(provider, config, required=False)
@@ -82,7 +82,8 @@ def _head_updater(provider, head, config, echo, tmp: str) -> NodeUpdater:
         files[BOOTSTRAP_KEY_PATH] = os.path.expanduser(config.auth["ssh_private_key"])
     installer = RuntimeInstaller(echo) if provider.installs_runtime else None
     return NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type,
-                       env=node_env(config, config.head_node_type, head, provider.internal_ip(head)),
+                       env=node_env(config, config.head_node_type, head, provider.internal_ip(head),
+                                    provider.internal_ip(head)),
                        files=files, installer=installer, on_output=_prefixed(echo, head),
                        on_stage=lambda stage: echo(f"  [{head}] {stage}"))
 

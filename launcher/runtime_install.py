@@ -188,7 +188,9 @@ class RuntimeInstaller:
             f"{NODE_VENV}/bin/pip install --quiet --no-index --find-links {NODE_WHEELHOUSE} {DISTRIBUTION}",
             "mkdir -p ~/.local/bin",
             f"ln -sf {NODE_VENV}/bin/cluster ~/.local/bin/cluster",
-            f"ln -sf {NODE_VENV}/bin/python ~/.local/bin/python",
+            # a wrapper, not a symlink: Python finds its venv next to the path it was started by
+            f"printf '#!/bin/sh\\nexec {NODE_VENV}/bin/python \"$@\"\\n' > ~/.local/bin/python",
+            "chmod +x ~/.local/bin/python",
             f"touch {marker}",
         ])
         result = runner.run(script, on_output=on_output)

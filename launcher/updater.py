@@ -160,10 +160,13 @@ class NodeUpdater:
                     + (f"; last output: {' | '.join(tail)}" if tail else ""))
 
 
-def node_env(config, node_type: str, node_id: str, head_ip: str, token: Optional[str] = None) -> dict:
-    """What a node's start commands need to know: where the head is, what this node offers."""
+def node_env(config, node_type: str, node_id: str, node_ip: str, head_ip: str,
+             token: Optional[str] = None) -> dict:
+    """What a node's start commands need to know: where the head is, which address is this node's
+    (the provider knows; guessing from routes fails when nodes share a host), what it offers."""
     env = {
         "CLUSTER_HEAD_IP": head_ip,
+        "CLUSTER_NODE_IP": node_ip,
         "CLUSTER_NODE_TYPE": node_type,
         "CLUSTER_NODE_ID": node_id,
         "CLUSTER_NODE_RESOURCES": json.dumps(dict(config.node_types[node_type].resources)),

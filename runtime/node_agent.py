@@ -73,7 +73,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._want_event = threading.Event()
         self.store = ObjectStore(on_added=self._object_added)
         worker_env = dict(os.environ, CLUSTER_GCS_ADDRESS=gcs_address, CLUSTER_NODE_ID=node_id,
-                          **{TOKEN_ENV: token})
+                          CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type, **{TOKEN_ENV: token})
         self._worker_env = worker_env
         self.pool = WorkerPool(worker_env, on_result=self._task_finished, on_death=self._worker_died)
 

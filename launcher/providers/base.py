@@ -7,7 +7,7 @@ can crash and resume. Errors are raised as the typed errors of launcher.errors.
 from __future__ import annotations
 
 import abc
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from launcher.command_runner import CommandRunner
 
@@ -57,11 +57,10 @@ class NodeProvider(abc.ABC):
     def external_ip(self, node_id: str) -> Optional[str]:
         """The address the user's machine uses to reach this node, if any."""
 
-    def bootstrap(self, config):
-        """Prepare the account (keys, network, firewall) and fill in derived config.
-
-        Returns the (possibly updated) ClusterConfig. Default: nothing to prepare.
-        """
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
+        """Prepare the account (keys, network, firewall) and fill in derived config, reporting
+        progress through `echo`. Returns the (possibly updated) ClusterConfig. Default: nothing
+        to prepare."""
         return config
 
     @abc.abstractmethod

@@ -13,12 +13,13 @@ import json
 import os
 import shlex
 import threading
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from launcher import tags as T
 from launcher.errors import CapacityError, ProviderError
 from launcher.providers import ssh_claims
 from launcher.providers.base import NodeProvider
+from launcher.updater import SSH_TIMEOUT_S
 
 KNOWN_HOSTS_DIR = "~/.cluster-launcher/known_hosts"
 
@@ -38,6 +39,15 @@ class SSHNodeProvider(NodeProvider):
         self._on_head = os.environ.get("CLUSTER_NODE_ID") == self.head_ip
         self._runners: dict[str, object] = {}
         self._lock = threading.Lock()
+
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
+        """The head host keeps the cluster's claims: wait until it answers SSH (it may be booting)."""
+        def attempt(n: int, cause: str) -> None:
+            if n == 1 or n % 5 == 0:
+                echo(f"Waiting for SSH on head {self.head_ip}: {cause}")
+
+        self.command_runner(self.head_ip).wait_for_ssh(SSH_TIMEOUT_S, on_attempt=attempt)
+        return config
 
     def _claims(self, op: dict) -> dict:
         op = {**op, "path": self._state_path}
