@@ -24,6 +24,11 @@ from launcher.providers.base import NodeProvider
 SSH_TIMEOUT_S = 600.0
 
 
+def ssh_timeout_s(provider_config: Mapping) -> float:
+    """How long to wait for a node's SSH: `provider.ssh_timeout_s`, 10 minutes by default."""
+    return float(provider_config.get("ssh_timeout_s", SSH_TIMEOUT_S))
+
+
 class UpdateFailed(LauncherError):
     """A node's setup or start failed; the message names the node, the command and its output."""
 
@@ -82,7 +87,6 @@ class NodeUpdater:
     on_stage: Callable[[str], None] = lambda stage: None
     run_setup: bool = True
     run_start: bool = True
-    ssh_timeout_s: float = SSH_TIMEOUT_S
 
     def wanted_hashes(self) -> dict[str, str]:
         """The tag each stage writes when done, and the value it must have for the stage to skip."""
@@ -118,7 +122,7 @@ class NodeUpdater:
         due = lambda tag: self.run_setup and done.get(tag) != wanted[tag]  # noqa: E731
         ran = []
         self._status(T.STATUS_WAITING_FOR_SSH)
-        runner.wait_ready(self.ssh_timeout_s)
+        runner.wait_ready(ssh_timeout_s(self.config.provider))
         if due(T.TAG_FILES_HASH):
             self._status(T.STATUS_SYNCING_FILES, "syncing files")
             for remote, local in {**self.config.file_mounts, **self.files}.items():

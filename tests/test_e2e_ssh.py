@@ -20,17 +20,16 @@ CLUSTER = str(Path(sys.executable).parent / "cluster")
 RUNTIME_MARKERS = ("runtime.gcs", "runtime.node_agent", "runtime.worker", "autoscaler.monitor")
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
 def _runtime_pids(node) -> list[int]:
     """Processes of the runtime on a container node, found through the node's own PID list."""
-    found = []
-    for pid in node.pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except FileNotFoundError:
-            continue
-        if any(marker in cmdline for marker in RUNTIME_MARKERS):
-            found.append(pid)
-    return found
+    return [pid for pid in node.pids() if any(m in _cmdline(pid) for m in RUNTIME_MARKERS)]
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -44,38 +43,51 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.fixture
-def ssh_cluster(containers, ssh_key, tmp_path):  # noqa: F811
-    """Three container hosts (the head's sshd starts 20 s late) and a cluster YAML for them."""
+def make_cluster(containers, ssh_key, tmp_path):  # noqa: F811
+    """Builds container hosts and a cluster YAML for them; `cluster down` at the end."""
     key_path, _ = ssh_key
-    head = containers.start(free_ip(), sshd_delay_s=20)
-    workers = [containers.start(free_ip()) for _ in range(2)]
-    config = {
-        "cluster_name": "ssh-e2e",
-        "provider": {"type": "ssh", "head_ip": head.ip, "worker_ips": [w.ip for w in workers]},
-        "auth": {"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
-        "max_workers": 2, "idle_timeout_minutes": 0.1, "autoscaler_update_interval_s": 1,
-        "available_node_types": {"head": {"resources": {"CPU": 1}},
-                                 "worker": {"resources": {"CPU": 2}, "max_workers": 2}},
-        "head_node_type": "head",
-        "setup_commands": ["echo ran >> ~/setup-runs"],
-    }
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
-    # a private ~ (known_hosts of this run only), the shared cache (wheels are built once)
-    env.update(HOME=str(tmp_path / "home"),
-               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
+    clis = []
 
-    def cli(*args, timeout=300):
-        return subprocess.run([CLUSTER, *args[:1], str(path), *args[1:]], env=env,
-                              capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    def make(*, head_sshd_delay_s=0.0, workers=2, ssh_timeout_s=None, **config_changes):
+        head = containers.start(free_ip(), sshd_delay_s=head_sshd_delay_s)
+        hosts = [containers.start(free_ip()) for _ in range(workers)]
+        config = {
+            "cluster_name": "ssh-e2e",
+            "provider": {"type": "ssh", "head_ip": head.ip, "worker_ips": [w.ip for w in hosts]},
+            "auth": {"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
+            "max_workers": workers, "idle_timeout_minutes": 0.1, "autoscaler_update_interval_s": 1,
+            "available_node_types": {"head": {"resources": {"CPU": 1}},
+                                     "worker": {"resources": {"CPU": 2}, "max_workers": workers}},
+            "head_node_type": "head",
+            "setup_commands": ["echo ran >> ~/setup-runs"],
+            **config_changes,
+        }
+        if ssh_timeout_s:
+            config["provider"]["ssh_timeout_s"] = ssh_timeout_s
+        path = tmp_path / "cluster.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+        # a private ~ (known_hosts of this run only), the shared cache (wheels are built once)
+        env.update(HOME=str(tmp_path / "home"),
+                   XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
 
-    yield cli, head, workers, tmp_path
-    cli("down", "-y")
+        def cli(*args, timeout=300):
+            return subprocess.run([CLUSTER, *args[:1], str(path), *args[1:]], env=env,
+                                  capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+        cli.popen = lambda *args: subprocess.Popen(
+            [CLUSTER, *args[:1], str(path), *args[1:]], env=env, cwd=tmp_path,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        clis.append(cli)
+        return cli, head, hosts
+
+    yield make
+    for cli in clis:
+        cli("down", "-y")
 
 
-def test_up_scale_up_and_down_reup_and_down_over_ssh(ssh_cluster):
-    cli, head, workers, tmp_path = ssh_cluster
+def test_up_scale_up_and_down_reup_and_down_over_ssh(make_cluster, containers, tmp_path):  # noqa: F811
+    cli, head, workers = make_cluster(head_sshd_delay_s=20)  # a slow-booting head is waited for
     up = cli("up", "-y")
     assert up.returncode == 0, up.stderr
     assert "installing the runtime" in up.stdout and "running start commands" in up.stdout
@@ -105,4 +117,38 @@ def test_up_scale_up_and_down_reup_and_down_over_ssh(ssh_cluster):
 
     assert cli("down", "-y").returncode == 0
     assert not any(_runtime_pids(n) for n in [head, *workers])
+    assert cli("get-head-ip").returncode != 0
+
+    head.stop()  # the head machine is replaced: same address, new host key
+    containers.start(head.ip)
+    refused = cli("up", "-y")
+    assert refused.returncode != 0 and "host key" in refused.stderr and head.ip in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_worker_whose_sshd_dies_mid_setup_is_reported_and_down_cleans_up(make_cluster, tmp_path):
+    cli, head, [worker] = make_cluster(workers=1, ssh_timeout_s=10,
+                                       worker_setup_commands=["sleep 8"])
+    assert cli("up", "-y").returncode == 0
+    driver = tmp_path / "wants_a_worker.py"
+    driver.write_text("import runtime as ray\nray.init('auto')\n"
+                      "ref = ray.remote(num_cpus=2)(lambda: 1).remote()\n"
+                      "try:\n    ray.get(ref, timeout=60)\nexcept ray.GetTimeoutError:\n    pass\n")
+    submit = cli.popen("submit", str(driver))
+    try:
+        _wait_for(lambda: any("sleep 8" in _cmdline(p) for p in worker.pids()), 90,
+                  "the worker's setup command to run")
+        worker.kill_sshd()
+
+        def failure_reported():
+            text = cli("status").stdout
+            return text if f"setting up {worker.ip} (worker) failed" in text else None
+
+        status = _wait_for(failure_reported, 60, "the failed setup in the autoscaler's status")
+        assert worker.ip in status.split("failed", 1)[1]  # the reason names the host
+    finally:
+        submit.kill()
+        submit.wait()
+    assert cli("down", "-y").returncode == 0
+    assert not any(_runtime_pids(n) for n in [head, worker])
     assert cli("get-head-ip").returncode != 0

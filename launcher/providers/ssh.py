@@ -19,7 +19,7 @@ from launcher import tags as T
 from launcher.errors import CapacityError, ProviderError
 from launcher.providers import ssh_claims
 from launcher.providers.base import NodeProvider
-from launcher.updater import SSH_TIMEOUT_S
+from launcher.updater import ssh_timeout_s
 
 KNOWN_HOSTS_DIR = "~/.cluster-launcher/known_hosts"
 
@@ -46,7 +46,8 @@ class SSHNodeProvider(NodeProvider):
             if n == 1 or n % 5 == 0:
                 echo(f"Waiting for SSH on head {self.head_ip}: {cause}")
 
-        self.command_runner(self.head_ip).wait_for_ssh(SSH_TIMEOUT_S, on_attempt=attempt)
+        self.command_runner(self.head_ip).wait_for_ssh(ssh_timeout_s(self.provider_config),
+                                                       on_attempt=attempt)
         return config
 
     def _claims(self, op: dict) -> dict:
