@@ -52,3 +52,42 @@ class InvalidNodeConfig(ProviderError):
 
 class TransientError(ProviderError):
     """A passing failure (throttling, timeout): retry with backoff."""
+
+
+class SSHError(LauncherError):
+    """A node could not be reached or used over SSH. `node` and `cause` are kept as data, so a
+    caller can show progress (the cause alone) or retry by kind."""
+
+    template = "{node}: {cause}"
+
+    def __init__(self, node: str, cause: str):
+        super().__init__(self.template.format(node=node, cause=cause))
+        self.node = node
+        self.cause = cause
+
+    def __reduce__(self):  # pickles despite the two-argument constructor
+        return type(self), (self.node, self.cause)
+
+
+class SSHUnreachable(SSHError):
+    """No SSH session: nothing answers, the connection is refused or dropped, or the proxy command
+    failed. Usually passing while a node boots, so waiting for SSH retries it."""
+
+
+class SSHAuthRefused(SSHError):
+    """The node refused the user or the key. Waiting for SSH retries it too: cloud-init installs
+    the key some seconds after sshd starts."""
+
+
+class SSHHostKeyChanged(SSHError):
+    """A known host showed a different host key: a replaced machine, or an attack. Never retried."""
+
+    template = "host key of {node} changed: {cause}"
+
+
+class SSHKeyFileError(SSHError):
+    """The private key file is missing, readable by others, encrypted or unreadable. Never retried."""
+
+
+class RsyncError(SSHError):
+    """Copying files with rsync failed: a missing source, rsync missing here or on the node."""
