@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
@@ -21,12 +22,14 @@ from launcher import tags as T
 from launcher.errors import LauncherError
 from launcher.runtime_install import RuntimeInstaller
 from launcher.updater import NodeUpdater, launch_hash, node_env
+from runtime.session import logs_dir
 
 log = logging.getLogger("autoscaler")
 
 JOIN_TIMEOUT_S = 300.0  # a launched node that has not joined the runtime by then is replaced
 BACKOFF_S = 60.0  # a node type whose launch failed is not launched again for this long
 MAX_EVENTS = 30
+MAX_PARALLEL_SETUPS = 16  # nodes set up at once; more wait their turn
 
 
 def planner_config(config, capped: Optional[Mapping[str, int]] = None) -> planner.PlannerConfig:
@@ -97,6 +100,7 @@ class Reconciler:
 
     def __post_init__(self):
         self._installer = RuntimeInstaller(log.info) if self.provider.installs_runtime else None
+        self._setups = ThreadPoolExecutor(MAX_PARALLEL_SETUPS, thread_name_prefix="setup")
 
     def tick(self) -> planner.Plan:
         from runtime.generated import runtime_pb2 as pb
@@ -170,19 +174,34 @@ class Reconciler:
         )
         for node_id in node_ids:
             self._launched_at[node_id] = self.clock()
-            threading.Thread(target=self._set_up, args=(node_id, node_type), daemon=True).start()
+            self._setups.submit(self._set_up, node_id, node_type)
 
     def _set_up(self, node_id: str, node_type: str) -> None:
+        """Run the node's updater, its output and stages going to the node's own log file."""
         env = node_env(self.config, node_type, node_id, self.provider.internal_ip(node_id),
                        self.head_ip, self.token)
-        updater = NodeUpdater(self.provider, node_id, self.config, T.KIND_WORKER, node_type, env=env,
-                              installer=self._installer)
-        try:
-            updater.run()
-        except LauncherError as exc:
-            self._event(f"setting up {node_id} ({node_type}) failed: {exc}")
-        except Exception as exc:  # the node vanished mid-setup, or the provider failed
-            self._event(f"setting up {node_id} ({node_type}) failed: {type(exc).__name__}: {exc}")
+        log_dir = logs_dir() / "nodes"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(log_dir / f"{node_id}.log", "a") as node_log:
+            def write(text: str) -> None:
+                node_log.write(text if text.endswith("\n") else text + "\n")
+                node_log.flush()
+
+            updater = NodeUpdater(self.provider, node_id, self.config, T.KIND_WORKER, node_type,
+                                  env=env, installer=self._installer, on_output=write,
+                                  on_stage=lambda stage: write(f"==> {stage}"))
+            try:
+                ran = updater.run()
+            except LauncherError as exc:
+                write(f"==> failed: {exc}")
+                self._event(f"setting up {node_id} ({node_type}) failed: {exc}")
+                return
+            except Exception as exc:  # the node vanished mid-setup, or the provider failed
+                self._event(f"setting up {node_id} ({node_type}) failed: {type(exc).__name__}: {exc}")
+                return
+        self._event(f"{node_id} ({node_type}) is set up in {time.monotonic() - started:.1f}s "
+                    f"({', '.join(ran)})")
 
     def _event(self, message: str) -> None:
         log.info(message)

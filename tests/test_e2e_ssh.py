@@ -60,6 +60,7 @@ def make_cluster(containers, ssh_key, tmp_path):  # noqa: F811
                                      "worker": {"resources": {"CPU": 2}, "max_workers": workers}},
             "head_node_type": "head",
             "setup_commands": ["echo ran >> ~/setup-runs"],
+            "rsync_exclude": ["*.tmp"],
             **config_changes,
         }
         if ssh_timeout_s:
@@ -93,6 +94,19 @@ def test_up_scale_up_and_down_reup_and_down_over_ssh(make_cluster, containers, t
     assert "installing the runtime" in up.stdout and "running start commands" in up.stdout
     assert _runtime_pids(head) and not any(_runtime_pids(w) for w in workers)
 
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "weights.bin").write_bytes(os.urandom(300_000))
+    (tree / "notes.txt").write_text("n")
+    (tree / "scratch.tmp").write_text("excluded")
+    assert cli("rsync-up", str(tree), "~/tree").returncode == 0
+    assert cli("rsync-down", "~/tree", str(tmp_path / "back")).returncode == 0
+    back = tmp_path / "back"
+    assert (back / "sub" / "weights.bin").read_bytes() == (tree / "sub" / "weights.bin").read_bytes()
+    assert (back / "notes.txt").exists() and not (back / "scratch.tmp").exists()
+    result = cli("exec", "echo from-$(hostname); exit 3")
+    assert result.returncode == 3 and result.stdout.startswith("from-")
+
     driver = tmp_path / "driver.py"
     driver.write_text(
         "import runtime as ray, os\n"
@@ -106,6 +120,8 @@ def test_up_scale_up_and_down_reup_and_down_over_ssh(make_cluster, containers, t
     worker_hosts = {w.ip for w in workers}
     assert any(ip in run.stdout for ip in worker_hosts)  # the work ran on claimed worker hosts
     assert set(cli("get-worker-ips").stdout.split()) <= worker_hosts
+    setup_logs = list((head.root / "home/ubuntu/.cluster/logs/nodes").glob("*.log"))
+    assert setup_logs and "==> installing the runtime" in setup_logs[0].read_text()
 
     _wait_for(lambda: not cli("get-worker-ips").stdout.strip(), 60, "idle workers to be released")
     _wait_for(lambda: not any(_runtime_pids(w) for w in workers), 15, "worker runtimes to stop")

@@ -94,7 +94,7 @@ class MemoryProvider(NodeProvider):
 
 
 @pytest.fixture
-def gcs_stub():
+def gcs_stub(runtime_home):  # runtime_home: node logs go to the test's own directory
     server, port = gcs.serve("127.0.0.1", 0, TOKEN)
     stub = pb_grpc.GcsStub(rpc.make_channel(f"127.0.0.1:{port}", TOKEN))
     stub.RegisterNode(pb.NodeInfo(node_id="head", address="127.0.0.1:1", ip="127.0.0.1",
