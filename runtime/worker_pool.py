@@ -8,7 +8,6 @@ through `on_death` so the task's caller gets an error instead of waiting forever
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import socket
 import subprocess

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
+
+CLUSTER = str(Path(sys.executable).parent / "cluster")  # the CLI of the environment under test
 
 
 @pytest.fixture
@@ -23,3 +28,14 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll until predicate() returns something truthy, and return it; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import CLUSTER
+
 REPO = Path(__file__).resolve().parents[1]
-CLUSTER = str(Path(sys.executable).parent / "cluster")
 
 
 @pytest.fixture(scope="module")

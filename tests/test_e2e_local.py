@@ -7,17 +7,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import pid_alive
+from tests.conftest import CLUSTER, pid_alive, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-CLUSTER = str(Path(sys.executable).parent / "cluster")
 
 
 @pytest.fixture
@@ -62,14 +59,6 @@ def _group_pids(pgids) -> list[int]:
     return pids
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_scale_up_for_demand_then_down_when_idle(local_cluster):
@@ -87,13 +76,13 @@ def test_scale_up_for_demand_then_down_when_idle(local_cluster):
     status = cli("status", config).stdout
     assert "launched" in status and "cpu-2" in status
 
-    _wait_for(lambda: len(_nodes(state)) == 1, 40, "idle workers to be terminated")
+    wait_for(lambda: len(_nodes(state)) == 1, 40, "idle workers to be terminated")
 
     def scale_down_events():
         text = cli("status", config).stdout
         return text if "terminated" in text else None
 
-    events = _wait_for(scale_down_events, 10, "the scale-down in the autoscaler's status")
+    events = wait_for(scale_down_events, 10, "the scale-down in the autoscaler's status")
     assert events.count("idle for") == len(workers)
 
 
@@ -112,7 +101,7 @@ def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_p
         text = cli("status", config).stdout
         return text if "Infeasible" in text else None
 
-    status = _wait_for(infeasible_status, 20, "infeasible demand in status")
+    status = wait_for(infeasible_status, 20, "infeasible demand in status")
     assert "GPU: 1}" in status
     assert len(_nodes(state)) == 1  # no worker was launched for it
 

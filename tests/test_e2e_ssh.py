@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import CLUSTER, wait_for
+
 from tests.harness.containers import containers, free_ip, ssh_key  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-CLUSTER = str(Path(sys.executable).parent / "cluster")
 RUNTIME_MARKERS = ("runtime.gcs", "runtime.node_agent", "runtime.worker", "autoscaler.monitor")
 
 
@@ -32,14 +31,6 @@ def _runtime_pids(node) -> list[int]:
     return [pid for pid in node.pids() if any(m in _cmdline(pid) for m in RUNTIME_MARKERS)]
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -123,8 +114,8 @@ def test_up_scale_up_and_down_reup_and_down_over_ssh(make_cluster, containers, t
     setup_logs = list((head.root / "home/ubuntu/.cluster/logs/nodes").glob("*.log"))
     assert setup_logs and "==> installing the runtime" in setup_logs[0].read_text()
 
-    _wait_for(lambda: not cli("get-worker-ips").stdout.strip(), 60, "idle workers to be released")
-    _wait_for(lambda: not any(_runtime_pids(w) for w in workers), 15, "worker runtimes to stop")
+    wait_for(lambda: not cli("get-worker-ips").stdout.strip(), 60, "idle workers to be released")
+    wait_for(lambda: not any(_runtime_pids(w) for w in workers), 15, "worker runtimes to stop")
     assert all(w.pids() for w in workers)  # released, not powered off: the machines are the user's
 
     again = cli("up", "-y")
@@ -152,7 +143,7 @@ def test_worker_whose_sshd_dies_mid_setup_is_reported_and_down_cleans_up(make_cl
                       "try:\n    ray.get(ref, timeout=60)\nexcept ray.GetTimeoutError:\n    pass\n")
     submit = cli.popen("submit", str(driver))
     try:
-        _wait_for(lambda: any("sleep 8" in _cmdline(p) for p in worker.pids()), 90,
+        wait_for(lambda: any("sleep 8" in _cmdline(p) for p in worker.pids()), 90,
                   "the worker's setup command to run")
         worker.kill_sshd()
 
@@ -160,7 +151,7 @@ def test_worker_whose_sshd_dies_mid_setup_is_reported_and_down_cleans_up(make_cl
             text = cli("status").stdout
             return text if f"setting up {worker.ip} (worker) failed" in text else None
 
-        status = _wait_for(failure_reported, 60, "the failed setup in the autoscaler's status")
+        status = wait_for(failure_reported, 60, "the failed setup in the autoscaler's status")
         assert worker.ip in status.split("failed", 1)[1]  # the reason names the host
     finally:
         submit.kill()
