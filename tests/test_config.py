@@ -319,3 +319,9 @@ def test_defaults_file_is_complete_and_loads(provider_type):
     config = config_from_dict(with_(provider=provider, available_node_types={"h": {}},
                                     head_node_type="h", auth=auth))
     assert isinstance(config, ClusterConfig) and config.provider == provider
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "cluster-configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_loads(path):
+    config = load_config(str(path))
+    assert config.head_node_type in config.node_types
