@@ -1,23 +1,29 @@
-"""The embedded distributed runtime: tasks, objects and resources across the cluster's nodes.
+"""The embedded distributed runtime: tasks, actors, objects and resources across the cluster's nodes.
 
 Ray-compatible names, so `import runtime as ray` runs the core of typical Ray programs.
 """
 
 from runtime.api import (
+    ActorClass,
+    ActorHandle,
     available_resources,
     cluster_resources,
     get,
+    get_actor,
     init,
     is_initialized,
+    kill,
     nodes,
     put,
     remote,
     shutdown,
+    wait,
 )
-from runtime.errors import GetTimeoutError, TaskError, WorkerCrashedError
+from runtime.errors import ActorDiedError, GetTimeoutError, TaskError, WorkerCrashedError
 from runtime.serialization import ObjectRef
 
 __all__ = [
-    "GetTimeoutError", "ObjectRef", "TaskError", "WorkerCrashedError", "available_resources",
-    "cluster_resources", "get", "init", "is_initialized", "nodes", "put", "remote", "shutdown",
+    "ActorClass", "ActorDiedError", "ActorHandle", "GetTimeoutError", "ObjectRef", "TaskError",
+    "WorkerCrashedError", "available_resources", "cluster_resources", "get", "get_actor", "init",
+    "is_initialized", "kill", "nodes", "put", "remote", "shutdown", "wait",
 ]

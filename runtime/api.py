@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import inspect
+import logging
 import os
 import threading
+import time
 import uuid
 from typing import Optional, Sequence, Union
 
 import cloudpickle
 
 from runtime import rpc
-from runtime.errors import GetTimeoutError, NotConnected
+from runtime.errors import ActorDiedError, GetTimeoutError, NotConnected, TaskError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
-from runtime.serialization import ObjectRef, dumps_args, dumps_value, loads
+import grpc
+
+from runtime.serialization import ObjectRef, dumps_args, dumps_task_error, dumps_value, loads
 from runtime.session import TOKEN_ENV, read_session, read_token
 
 
@@ -33,6 +38,146 @@ class _Client:
         self.gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
         self.functions = FunctionTable(self.gcs)
         self.local_node = local_node  # processes this driver started itself, stopped at shutdown
+        self.token = token
+        self._senders: dict[str, _ActorSender] = {}
+        self.task_sender = _ActorSender(self, "", "tasks", fixed_address=agent_address)
+        self.is_driver = True  # False in worker processes
+        self.owned_actors: list[str] = []  # non-detached actors this driver created: killed at shutdown
+        self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
+        self._lock = threading.Lock()
+
+    def sender(self, actor_id: str, label: str) -> "_ActorSender":
+        with self._lock:
+            sender = self._senders.get(actor_id)
+            if sender is None:
+                sender = self._senders[actor_id] = _ActorSender(self, actor_id, label)
+            return sender
+
+    def agent_at(self, address: str) -> pb_grpc.NodeAgentStub:
+        if address == self.agent_address:
+            return self.agent
+        with self._lock:
+            if address not in self._agents:
+                self._agents[address] = pb_grpc.NodeAgentStub(rpc.make_channel(address, self.token))
+            return self._agents[address]
+
+    def fail(self, spec: pb.TaskSpec, error: BaseException) -> None:
+        """Store `error` as the result of a call that could not be delivered."""
+        for object_id in list(spec.return_ids) or [spec.return_id]:
+            self.agent.PutObject(pb.ObjectData(object_id=object_id, data=dumps_task_error(error)),
+                                 timeout=60)
+
+
+class _ActorSender:
+    """Delivers one process's calls on one actor, in submission order, batched, to the node agent
+    hosting the actor (looked up in the GCS and cached). With `fixed_address`, the process's task
+    submissions to its own node agent."""
+
+    def __init__(self, client: "_Client", actor_id: str, label: str, fixed_address: str = ""):
+        self._client = client
+        self._actor_id = actor_id
+        self._label = label
+        self._queue: list = []
+        self._cond = threading.Condition()
+        self._fixed = fixed_address  # tasks: always this node's agent, no lookup
+        self._address: Optional[str] = fixed_address or None
+        self._busy = False  # a delivery is under way (keeps calls in order)
+        threading.Thread(target=self._loop, daemon=True, name=f"actor-{actor_id[:8]}").start()
+
+    def submit(self, spec: pb.TaskSpec) -> None:
+        """Deliver a call without waiting for the agent's reply.
+
+        One delivery is under way at a time, so calls stay in order: when none is, the call goes
+        out at once from this thread (an asynchronous RPC); otherwise it is queued and the sender
+        thread delivers everything queued in one batch when the current delivery is done.
+        """
+        with self._cond:
+            if self._queue or self._busy or self._address is None:
+                self._queue.append(spec)
+                self._cond.notify_all()
+                return
+            self._busy = True
+            address = self._address
+        try:
+            future = self._client.agent_at(address).SubmitTasks.future(
+                pb.SubmitTasksRequest(tasks=[spec]), timeout=60)
+        except Exception:
+            self._direct_done(spec, None)
+            return
+        future.add_done_callback(lambda f: self._direct_done(spec, f))
+
+    def flush(self, timeout: float) -> None:
+        """Wait until every queued call has been delivered (or `timeout` passes)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+
+    def _direct_done(self, spec: pb.TaskSpec, future) -> None:
+        try:
+            failed = future is None or future.exception() is not None
+        except Exception:  # cancelled
+            failed = True
+        with self._cond:
+            if failed:  # let the sender thread find the actor again and retry
+                self._address = self._fixed or None
+                self._queue.insert(0, spec)
+            self._busy = False
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue or self._busy:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+                self._busy = True
+            try:
+                self._deliver(batch)
+            except Exception as exc:  # never lose a call silently: its caller gets the error
+                logging.getLogger("runtime").warning("actor call delivery failed: %s", exc)
+                for spec in batch:
+                    try:
+                        self._client.fail(spec, self._undelivered(spec, f"not delivered: {exc}"))
+                    except Exception:
+                        pass
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _undelivered(self, spec: pb.TaskSpec, why: str) -> Exception:
+        return TaskError(spec.name, why) if self._fixed else ActorDiedError(self._label, why)
+
+    def _deliver(self, batch: list) -> None:
+        for attempt in range(100):
+            if self._address is None:
+                info = self._locate()
+                if info.state == "DEAD" or not info.address:
+                    cause = info.death_cause or "it is unknown to the GCS"
+                    for spec in batch:
+                        self._client.fail(spec, ActorDiedError(self._label, cause))
+                    return
+                self._address = info.address
+            try:
+                self._client.agent_at(self._address).SubmitTasks(
+                    pb.SubmitTasksRequest(tasks=batch), timeout=60)
+                return
+            except grpc.RpcError:  # the node went away: the GCS will say where it is, or that it died
+                self._address = self._fixed or None
+                time.sleep(min(0.05 * (attempt + 1), 1.0))
+        raise ConnectionError(f"cannot reach the node hosting actor {self._label}")
+
+    def _locate(self) -> pb.ActorInfo:
+        delay = 0.002
+        while True:
+            reply = self._client.gcs.GetActor(pb.ActorRequest(actor_id=self._actor_id), timeout=30)
+            if not reply.found:
+                return pb.ActorInfo(state="DEAD")
+            if reply.info.state == "DEAD" or reply.info.address:
+                return reply.info
+            time.sleep(delay)  # still being placed (maybe waiting for a node: demand)
+            delay = min(delay * 2, 0.2)
 
 
 class FunctionTable:
@@ -89,6 +234,7 @@ def connect_from_environment() -> None:
     global _client
     _client = _Client(os.environ["CLUSTER_AGENT_ADDRESS"], os.environ["CLUSTER_GCS_ADDRESS"],
                       os.environ.get(TOKEN_ENV))
+    _client.is_driver = False
 
 
 def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
@@ -145,19 +291,50 @@ def shutdown() -> None:
     global _client
     with _client_lock:
         client, _client = _client, None
+    if client is not None:  # submissions are asynchronous: deliver what is still queued
+        with client._lock:
+            senders = [client.task_sender, *client._senders.values()]
+        for sender in senders:
+            sender.flush(timeout=5.0)
+        if client.local_node is None:  # a driver's non-detached actors go with it, as in Ray
+            for actor_id in client.owned_actors:
+                try:
+                    _kill(client, actor_id, "its driver exited")
+                except Exception:  # the cluster may be gone already
+                    pass
     if client is not None and client.local_node is not None:
         client.local_node.stop()
+
+
+def _resource_dict(num_cpus, num_gpus, resources) -> dict:
+    need = {"CPU": float(num_cpus or 0), "GPU": float(num_gpus or 0),
+            **{k: float(v) for k, v in (resources or {}).items()}}
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def _return_ids(task_id: str, num_returns: int) -> list:
+    if num_returns < 1:
+        raise ValueError(f"num_returns must be at least 1, got {num_returns}")
+    return [] if num_returns == 1 else [f"{task_id}r{i}" for i in range(num_returns)]
+
+
+def _refs(spec: pb.TaskSpec):
+    if spec.return_ids:
+        return [ObjectRef(i) for i in spec.return_ids]
+    return ObjectRef(spec.return_id)
 
 
 class RemoteFunction:
     """A function that runs as a task somewhere in the cluster: call it with `.remote(...)`."""
 
-    def __init__(self, function, num_cpus=1, num_gpus=0, resources=None, name=None):
+    def __init__(self, function, num_cpus=1, num_gpus=0, resources=None, name=None, num_returns=1,
+                 max_retries=3, retry_exceptions=False):
         self._function = function
         self._name = name or getattr(function, "__qualname__", "task")
-        self._resources = {"CPU": float(num_cpus), "GPU": float(num_gpus),
-                           **{k: float(v) for k, v in (resources or {}).items()}}
-        self._options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, name=name)
+        self._resources = _resource_dict(num_cpus, num_gpus, resources)
+        self._options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, name=name,
+                             num_returns=num_returns, max_retries=max_retries,
+                             retry_exceptions=retry_exceptions)
         self._function_id: Optional[str] = None
         self._exported_by: Optional[_Client] = None
 
@@ -166,9 +343,12 @@ class RemoteFunction:
                         f"use {self._name}.remote(...)")
 
     def options(self, **options) -> "RemoteFunction":
+        unknown = set(options) - set(self._options)
+        if unknown:
+            raise TypeError(f"unsupported task option(s): {', '.join(sorted(unknown))}")
         return RemoteFunction(self._function, **{**self._options, **options})
 
-    def remote(self, *args, **kwargs) -> ObjectRef:
+    def remote(self, *args, **kwargs):
         client = _connected()
         if self._exported_by is not client:
             self._function_id = client.functions.export(self._function)
@@ -176,23 +356,201 @@ class RemoteFunction:
         data, deps = dumps_args(args, kwargs)
         task_id = uuid.uuid4().hex
         spec = pb.TaskSpec(task_id=task_id, function_id=self._function_id, name=self._name, args=data,
-                           dependencies=deps, return_id=task_id,
-                           resources={k: v for k, v in self._resources.items() if v > 0})
+                           dependencies=deps, return_id=task_id, resources=self._resources,
+                           return_ids=_return_ids(task_id, self._options["num_returns"]),
+                           max_retries=self._options["max_retries"],
+                           retry_exceptions=bool(self._options["retry_exceptions"]))
+        client.task_sender.submit(spec)  # asynchronous, in order, batched under load
+        return _refs(spec)
+
+
+DEFAULT_NAMESPACE = "default"
+
+
+class ActorClass:
+    """A class whose instances are actors: `Cls.remote(*args)` creates one and returns its handle.
+
+    Resources as Ray: without num_cpus an actor needs 1 CPU free to be placed but holds 0 CPUs
+    while it lives (so many idle actors fit a node); with num_cpus it needs and holds that many.
+    GPUs and custom resources are needed and held as given.
+    """
+
+    _OPTIONS = ("num_cpus", "num_gpus", "resources", "name", "namespace", "lifetime", "max_restarts",
+                "get_if_exists", "max_concurrency", "max_task_retries")
+
+    def __init__(self, cls, **options):
+        self._cls = cls
+        unknown = set(options) - set(self._OPTIONS)
+        if unknown:
+            raise TypeError(f"unsupported actor option(s): {', '.join(sorted(unknown))}")
+        self._options = options
+        self._methods = sorted(name for name, _ in inspect.getmembers(cls, callable)
+                               if not name.startswith("__"))
+        self._class_id: Optional[str] = None
+        self._exported_by: Optional[_Client] = None
+
+    def __call__(self, *args, **kwargs):
+        name = self._cls.__name__
+        raise TypeError(f"actor class {name} cannot be instantiated directly; use {name}.remote(...)")
+
+    def options(self, **options) -> "ActorClass":
+        return ActorClass(self._cls, **{**self._options, **options})
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        client = _connected()
+        o = self._options
+        if self._exported_by is not client:
+            self._class_id = client.functions.export(self._cls)
+            self._exported_by = client
+        class_name = self._cls.__name__
+        hold = _resource_dict(o.get("num_cpus"), o.get("num_gpus"), o.get("resources"))
+        place = dict(hold) if o.get("num_cpus") is not None else {**hold, "CPU": 1.0}
+        actor_id = uuid.uuid4().hex
+        name = o.get("name") or ""
+        namespace = o.get("namespace") or DEFAULT_NAMESPACE
+        reply = client.gcs.RegisterActor(pb.ActorInfo(
+            actor_id=actor_id, name=name, namespace=namespace, class_name=class_name,
+            methods=self._methods, state="PENDING", lifetime=o.get("lifetime") or ""), timeout=30)
+        if reply.error:
+            if o.get("get_if_exists"):
+                return ActorHandle(reply.info.actor_id, reply.info.class_name, list(reply.info.methods))
+            raise ValueError(reply.error)
+        data, deps = dumps_args(args, kwargs)
+        label = f"{class_name}({name or actor_id[:8]})"
+        spec = pb.TaskSpec(task_id=actor_id, function_id=self._class_id, name=label, args=data,
+                           dependencies=deps, return_id=f"{actor_id}ready", resources=place,
+                           kind=pb.TaskSpec.ACTOR_CREATION, actor_id=actor_id,
+                           hold_resources=hold, max_restarts=int(o.get("max_restarts") or 0))
         client.agent.SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=60)
-        return ObjectRef(spec.return_id)
+        if client.is_driver and o.get("lifetime") != "detached":
+            client.owned_actors.append(actor_id)
+        return ActorHandle(actor_id, class_name, self._methods, name)
+
+
+class ActorHandle:
+    """A reference to an actor; picklable (to its id), so it can be passed to tasks and actors."""
+
+    def __init__(self, actor_id: str, class_name: str, methods: list, name: str = ""):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = list(methods)
+        self._name = name
+
+    @property
+    def _label(self) -> str:
+        return f"{self._class_name}({self._name or self._actor_id[:8]})"
+
+    def __getattr__(self, method: str) -> "ActorMethod":
+        if method.startswith("__") or method not in self.__dict__.get("_methods", ()):
+            raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method "
+                                 f"{method!r}")
+        return ActorMethod(self, method, 1)
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._name))
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+    def __repr__(self):
+        return f"ActorHandle({self._class_name}, {self._actor_id})"
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, method: str, num_returns: int):
+        self._handle = handle
+        self._method = method
+        self._num_returns = num_returns
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor method {self._method} cannot be called directly; "
+                        f"use .{self._method}.remote(...)")
+
+    def options(self, num_returns: int = 1, **_ignored) -> "ActorMethod":
+        return ActorMethod(self._handle, self._method, num_returns)
+
+    def remote(self, *args, **kwargs):
+        client = _connected()
+        handle = self._handle
+        data, deps = dumps_args(args, kwargs)
+        task_id = uuid.uuid4().hex
+        spec = pb.TaskSpec(task_id=task_id, name=f"{handle._label}.{self._method}", args=data,
+                           dependencies=deps, return_id=task_id,
+                           return_ids=_return_ids(task_id, self._num_returns),
+                           kind=pb.TaskSpec.ACTOR_METHOD, actor_id=handle._actor_id,
+                           method=self._method)
+        client.sender(handle._actor_id, handle._label).submit(spec)
+        return _refs(spec)
 
 
 def remote(*args, **options):
-    """`@remote` or `@remote(num_cpus=2, num_gpus=1, resources={"x": 1})` on a function."""
+    """`@remote` or `@remote(num_cpus=2, num_gpus=1, resources={"x": 1})` on a function or class."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
-    return lambda function: _make_remote(function, options)
+    return lambda target: _make_remote(target, options)
 
 
 def _make_remote(target, options):
     if isinstance(target, type):
-        raise NotImplementedError("remote classes (actors) are not supported yet")
+        return ActorClass(target, **options)
     return RemoteFunction(target, **options)
+
+
+def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
+    """The handle of a live named actor."""
+    namespace = namespace or DEFAULT_NAMESPACE
+    reply = _connected().gcs.GetActor(pb.ActorRequest(name=name, namespace=namespace), timeout=30)
+    if not reply.found or reply.info.state == "DEAD":
+        raise ValueError(f"Failed to look up actor with name {name!r} in namespace {namespace!r}")
+    info = reply.info
+    return ActorHandle(info.actor_id, info.class_name, list(info.methods), info.name)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop an actor now: calls in flight and later calls fail with ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
+    _kill(_connected(), actor._actor_id, "it was killed with kill()", no_restart)
+
+
+def _kill(client: _Client, actor_id: str, cause: str, no_restart: bool = True) -> None:
+    request = pb.ActorRequest(actor_id=actor_id, no_restart=no_restart)
+    reply = client.gcs.GetActor(request, timeout=30)
+    if not reply.found or reply.info.state == "DEAD":
+        return
+    if reply.info.address:
+        client.agent_at(reply.info.address).KillActor(request, timeout=30)
+    else:  # not placed yet
+        client.gcs.UpdateActor(pb.ActorInfo(actor_id=actor_id, state="DEAD", death_cause=cause),
+                               timeout=30)
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: Optional[float] = None,
+         fetch_local: bool = True) -> tuple:
+    """(ready, not_ready): the first `num_returns` refs that are ready (or fewer, when `timeout`
+    passes), and the rest; both keep the order of `refs`."""
+    if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+        raise TypeError("wait() takes a list of ObjectRefs")
+    refs = list(refs)
+    for ref in refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"wait() takes ObjectRefs, got {type(ref).__name__}")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() expects a list of unique ObjectRefs")
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+    if num_returns == 0:
+        return [], refs
+    reply = _connected().agent.WaitObjects(pb.WaitObjectsRequest(
+        object_ids=[r.hex() for r in refs], num_returns=num_returns,
+        timeout=-1 if timeout is None else timeout))
+    ready_ids = set(list(reply.ready))
+    ready = [r for r in refs if r.hex() in ready_ids][:num_returns]
+    taken = set(ready)
+    return ready, [r for r in refs if r not in taken]
 
 
 def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None):

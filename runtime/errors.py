@@ -35,3 +35,17 @@ class WorkerCrashedError(TaskError):
 
     def __reduce__(self):
         return (WorkerCrashedError, (self.task_name, self.traceback_text, self.cause))
+
+
+class ActorDiedError(TaskError):
+    """The actor a call was made on is dead (its worker exited, it was killed, or its node died)."""
+
+    def __init__(self, actor: str, detail: str, cause=None):
+        RuntimeClusterError.__init__(self, f"actor {actor} died: {detail}")
+        self.task_name = actor
+        self.traceback_text = detail
+        self.cause = cause
+        self.actor = actor
+
+    def __reduce__(self):
+        return (ActorDiedError, (self.actor, self.traceback_text, self.cause))

@@ -1,7 +1,8 @@
 """The global control store: one process on the head that knows the cluster.
 
 It holds live nodes (from registrations and heartbeats), the demand each node could not place,
-object locations, and a key-value table (functions, autoscaler status). `GetClusterState` is the
+object locations, actors (state, hosting agent, names per namespace), and a key-value table
+(functions, classes, autoscaler status). `GetClusterState` is the
 one call the autoscaler reads; its cost grows with nodes and distinct shapes, not queued tasks.
 """
 
@@ -38,6 +39,8 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._kv: dict[str, bytes] = {}
         self._locations: dict[str, set[str]] = defaultdict(set)
         self._node_timeout_s = node_timeout_s
+        self._actors: dict[str, pb.ActorInfo] = {}
+        self._actor_names: dict[tuple, str] = {}  # (namespace, name) -> actor id, while not DEAD
 
     # -- nodes
     def RegisterNode(self, request, context):
@@ -89,6 +92,57 @@ class GcsServicer(pb_grpc.GcsServicer):
         log.info("node %s removed: %s", node_id, why)
         for holders in self._locations.values():
             holders.discard(node_id)
+        for info in self._actors.values():
+            if info.node_id == node_id and info.state != "DEAD":
+                self._set_dead(info, f"its node {node_id} died ({why})")
+
+    # -- actors
+    def _set_dead(self, info, cause: str):
+        info.state = "DEAD"
+        info.death_cause = info.death_cause or cause
+        key = (info.namespace, info.name)
+        if info.name and self._actor_names.get(key) == info.actor_id:
+            del self._actor_names[key]
+
+    def RegisterActor(self, request, context):
+        with self._lock:
+            key = (request.namespace, request.name)
+            if request.name and key in self._actor_names:
+                existing = self._actors[self._actor_names[key]]
+                return pb.ActorReply(found=True, info=existing, error=(
+                    f"an actor named {request.name!r} already exists "
+                    f"in namespace {request.namespace!r}"))
+            info = pb.ActorInfo()
+            info.CopyFrom(request)
+            info.state = info.state or "PENDING"
+            self._actors[info.actor_id] = info
+            if info.name:
+                self._actor_names[key] = info.actor_id
+            return pb.ActorReply(found=True, info=info)
+
+    def UpdateActor(self, request, context):
+        with self._lock:
+            info = self._actors.get(request.actor_id)
+            if info is None:
+                return pb.ActorReply(found=False)
+            if info.state == "DEAD":  # final
+                return pb.ActorReply(found=True, info=info)
+            if request.node_id:
+                info.node_id, info.address = request.node_id, request.address
+            info.num_restarts = max(info.num_restarts, request.num_restarts)
+            if request.state == "DEAD":
+                self._set_dead(info, request.death_cause)
+            elif request.state:
+                info.state = request.state
+            return pb.ActorReply(found=True, info=info)
+
+    def GetActor(self, request, context):
+        with self._lock:
+            actor_id = request.actor_id or self._actor_names.get((request.namespace, request.name))
+            info = self._actors.get(actor_id or "")
+            if info is None:
+                return pb.ActorReply(found=False)
+            return pb.ActorReply(found=True, info=info)
 
     # -- key-value table
     def KvPut(self, request, context):

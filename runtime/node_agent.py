@@ -3,7 +3,8 @@
 Scheduling is bottom-up: a task whose dependencies are ready runs here if it fits the free
 resources; otherwise it is forwarded (spilled) to a node whose free resources fit, as seen in the
 cluster view the GCS returns on each heartbeat; otherwise it waits here and is reported to the GCS
-as demand, by shape, for the autoscaler.
+as demand, by shape, for the autoscaler. An actor is placed the same way (its creation is a task);
+the agent that places it hosts it: a dedicated worker, and its calls queued and sent in order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import signal
 import threading
 import time
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from runtime import rpc
-from runtime.errors import WorkerCrashedError
+from runtime.errors import ActorDiedError, WorkerCrashedError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_store import ObjectStore
@@ -35,6 +37,7 @@ log = logging.getLogger("node_agent")
 HEARTBEAT_S = 0.3
 CHUNK_BYTES = 1 << 20
 MAX_HOPS = 4  # a task forwarded this often stays where it is
+MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
 
 
 @dataclass
@@ -42,6 +45,29 @@ class _Task:
     spec: pb.TaskSpec
     need: dict
     missing: set
+    key: tuple = ()  # shape_key(need), computed once
+
+
+def return_ids(spec: pb.TaskSpec) -> list:
+    return list(spec.return_ids) or [spec.return_id]
+
+
+class _Actor:
+    """An actor hosted on this node: its dedicated worker, and its calls in submission order."""
+
+    def __init__(self, creation: pb.TaskSpec, hold: dict):
+        self.creation = creation
+        self.actor_id = creation.actor_id
+        self.label = creation.name
+        self.hold = hold
+        self.worker = None
+        self.queue: deque[_Task] = deque()  # accepted, not yet sent to the worker
+        self.inflight: dict[str, _Task] = {}  # sent, no result yet
+        self.send_lock = threading.Lock()  # held while taking calls off the queue and sending them
+        self.restarts_left = creation.max_restarts
+        self.num_restarts = 0
+        self.killed = False
+        self.dead = ""  # the death cause once dead
 
 
 class NodeAgent(pb_grpc.NodeAgentServicer):
@@ -60,6 +86,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._waiting: dict[str, _Task] = {}  # task id -> task whose dependencies are missing
         self._dep_waiters: dict[str, list[str]] = {}  # object id -> waiting task ids
         self._running: dict[str, _Task] = {}
+        self._actors: dict[str, _Actor] = {}
+        self._actor_calls: dict[str, _Actor] = {}  # task id of a sent method call -> its actor
+        self._expected: set[str] = set()  # return ids of work accepted here: never looked up
+        self._awaited: set[str] = set()  # expected ids a get/wait here skipped looking up
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
@@ -107,19 +137,66 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     # ------------------------------------------------------------------ gRPC service
     def SubmitTasks(self, request, context):
+        failed, actors = [], set()
         with self._lock:
             for spec in request.tasks:
-                self._accept(spec)
+                if spec.kind == pb.TaskSpec.ACTOR_METHOD:
+                    actor = self._actors.get(spec.actor_id)
+                    if actor is None or actor.dead:
+                        label = actor.label if actor else spec.actor_id
+                        cause = actor.dead if actor else "it is not on this node"
+                        failed.append((spec, ActorDiedError(label, cause)))
+                        continue
+                    task = _Task(spec, {}, set())
+                    task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
+                    self._want(task.missing)
+                    self._expected.update(return_ids(spec))
+                    actor.queue.append(task)
+                    actors.add(actor)
+                else:
+                    self._accept(spec)
+        for spec, error in failed:
+            self._store_results(spec, [dumps_task_error(error)] * len(return_ids(spec)))
+        for actor in actors:
+            self._pump(actor)
         self._schedule()
         return pb.Empty()
 
     def GetObjects(self, request, context):
-        self._want([i for i in request.object_ids if not self.store.contains(i)])
+        self._want(self._to_look_up(request.object_ids))
         found = self.store.wait(request.object_ids, request.timeout,
                                 should_stop=lambda: not context.is_active())
         return pb.GetObjectsReply(
             objects=[pb.ObjectData(object_id=i, data=d) for i, d in found.items()],
             timed_out=len(found) < len(set(request.object_ids)))
+
+    def WaitObjects(self, request, context):
+        ids = list(request.object_ids)
+        self._want(self._to_look_up(ids))
+        ready = self.store.wait_some(ids, request.num_returns, request.timeout,
+                                     should_stop=lambda: not context.is_active())
+        return pb.WaitObjectsReply(ready=ready)
+
+    def _to_look_up(self, object_ids) -> list:
+        """The ids a get/wait must look up in the GCS: not here, and not the result of work this
+        node has accepted (those are remembered, in case that work is forwarded after all)."""
+        with self._lock:
+            missing = [i for i in object_ids if not self.store.contains(i)]
+            local = [i for i in missing if i in self._expected]
+            self._awaited.update(local)
+            return [i for i in missing if i not in self._expected]
+
+    def KillActor(self, request, context):
+        with self._lock:
+            actor = self._actors.get(request.actor_id)
+            if actor is not None and not actor.dead:
+                actor.killed = actor.killed or request.no_restart
+                worker = actor.worker
+            else:
+                worker = None
+        if worker is not None:
+            worker.process.kill()
+        return pb.Empty()
 
     def PutObject(self, request, context):
         self.store.put(request.object_id, request.data)
@@ -135,6 +212,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     # ------------------------------------------------------------------ scheduling
     def _accept(self, spec: pb.TaskSpec) -> None:
+        self._expected.update(return_ids(spec))
         task = _Task(spec, dict(spec.resources), set())
         task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
         if not task.missing:
@@ -156,7 +234,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 if not task.missing:
                     del self._waiting[task_id]
                     self._ready.append(task)
+            blocked = [a for a in self._actors.values() if a.queue and a.queue[0].missing]
         self._locations_ready.set()
+        for actor in blocked:
+            self._pump(actor)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -164,11 +245,22 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         to_run, to_spill = [], []
         with self._lock:
             queued = deque()
+            no_room: set = set()  # shapes that found no place in this pass: skip their twins
             for task in self._ready:
-                target = self._placement(task)
+                if not task.key:
+                    task.key = (shape_key(task.need), task.spec.hops >= MAX_HOPS)
+                key = task.key
+                target = None if key in no_room else self._placement(task)
+                if target is None:
+                    no_room.add(key)
                 if target is self:
-                    subtract(self.available, task.need)
-                    self._running[task.spec.task_id] = task
+                    if task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
+                        hold = dict(task.spec.hold_resources)
+                        subtract(self.available, hold)
+                        self._actors[task.spec.actor_id] = _Actor(task.spec, hold)
+                    else:
+                        subtract(self.available, task.need)
+                        self._running[task.spec.task_id] = task
                     to_run.append(task)
                 elif target is None:
                     queued.append(task)
@@ -201,13 +293,129 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             return max(room, key=lambda n: (needs_gpu or n.total.get("GPU", 0) <= 0, *_spare_cpu(n)))
         return None
 
+    def _message(self, spec: pb.TaskSpec) -> bytes:
+        dependencies = {d: self.store.get(d) for d in spec.dependencies}
+        return pickle.dumps((spec.SerializeToString(), dependencies), protocol=5)
+
     def _run(self, task: _Task) -> None:
         spec = task.spec
-        dependencies = {d: self.store.get(d) for d in spec.dependencies}
-        message = pickle.dumps((spec.SerializeToString(), dependencies), protocol=5)
-        self.pool.dispatch(spec.task_id, message)
+        if spec.kind == pb.TaskSpec.ACTOR_CREATION:
+            self._start_actor(self._actors[spec.actor_id])
+            return
+        self.pool.dispatch(spec.task_id, self._message(spec))
+
+    # ------------------------------------------------------------------ actors
+    def _start_actor(self, actor: _Actor) -> None:
+        """Give the actor a fresh dedicated worker, send it the creation call, then its queue."""
+        with actor.send_lock:
+            worker = self.pool.dedicated(on_exit=lambda w, a=actor: self._actor_worker_exited(a, w))
+            with self._lock:
+                actor.worker = worker
+            with self._lock:
+                self._actor_calls[actor.creation.task_id] = actor
+            worker.send(self._message(actor.creation))
+        record = self._publish_actor(actor, "ALIVE")
+        if record is not None and record.state == "DEAD":  # killed while it waited to be placed
+            with self._lock:
+                actor.killed = True
+            worker.process.kill()
+            return
+        self._pump(actor)
+
+    def _publish_actor(self, actor: _Actor, state: str, cause: str = ""):
+        try:
+            reply = self._gcs.UpdateActor(pb.ActorInfo(
+                actor_id=actor.actor_id, state=state, node_id=self.node_id, address=self.address,
+                death_cause=cause, num_restarts=actor.num_restarts), timeout=10)
+            return reply.info if reply.found else None
+        except Exception as exc:
+            log.warning("updating actor %s in the GCS failed: %s", actor.label, exc)
+            return None
+
+    def _drop_killed_pending_actors(self) -> None:
+        """Actor creations still queued here (no node fits them) whose actor was killed meanwhile
+        are dropped, so they stop counting as demand."""
+        with self._lock:
+            pending = [t for t in self._ready if t.spec.kind == pb.TaskSpec.ACTOR_CREATION]
+        if len(pending) > MAX_PENDING_ACTOR_CHECKS:  # bound the heartbeat's cost; all get checked
+            pending = random.sample(pending, MAX_PENDING_ACTOR_CHECKS)
+        dead = set()
+        for task in pending:
+            try:
+                reply = self._gcs.GetActor(pb.ActorRequest(actor_id=task.spec.actor_id), timeout=5)
+            except Exception:
+                return
+            if reply.found and reply.info.state == "DEAD":
+                dead.add(task.spec.actor_id)
+        if dead:
+            with self._lock:
+                self._ready = deque(t for t in self._ready if t.spec.kind != pb.TaskSpec.ACTOR_CREATION
+                                    or t.spec.actor_id not in dead)
+                self._update_idle()
+
+    def _pump(self, actor: _Actor) -> None:
+        """Send the actor's queued calls to its worker, in order, up to the first one whose
+        dependencies are not here yet."""
+        with actor.send_lock:
+            with self._lock:
+                worker = actor.worker
+                if worker is None or actor.dead:
+                    return
+                batch = []
+                while actor.queue:
+                    task = actor.queue[0]
+                    task.missing = {d for d in task.missing if not self.store.contains(d)}
+                    if task.missing:
+                        break
+                    actor.queue.popleft()
+                    actor.inflight[task.spec.task_id] = task
+                    self._actor_calls[task.spec.task_id] = actor
+                    batch.append(task)
+                self._update_idle()
+            for task in batch:
+                worker.send(self._message(task.spec))
+
+    def _actor_worker_exited(self, actor: _Actor, worker) -> None:
+        code = worker.process.returncode
+        with self._lock:
+            if actor.worker is not worker:
+                return
+            actor.worker = None
+            lost = list(actor.inflight.values())
+            actor.inflight.clear()
+            for task in lost:
+                self._actor_calls.pop(task.spec.task_id, None)
+            restart = not actor.killed and actor.restarts_left != 0 and not self._stopping.is_set()
+            if actor.killed:
+                cause = "it was killed (kill() or its driver exited)"
+            else:
+                cause = f"its worker process (pid {worker.pid}) exited with code {code}"
+            if restart:
+                actor.restarts_left -= 1 if actor.restarts_left > 0 else 0
+                actor.num_restarts += 1
+            else:
+                actor.dead = cause
+                lost += list(actor.queue)
+                actor.queue.clear()
+                add(self.available, actor.hold)
+            self._update_idle()
+        for task in lost:
+            error = ActorDiedError(actor.label, cause)
+            self._store_results(task.spec, [dumps_task_error(error)] * len(return_ids(task.spec)))
+        if restart:
+            log.info("restarting actor %s (%s)", actor.label, cause)
+            self._start_actor(actor)
+        else:
+            self._publish_actor(actor, "DEAD", cause)
+            self._schedule()
 
     def _spill(self, address: str, task: _Task) -> None:
+        with self._lock:
+            ids = set(return_ids(task.spec))
+            self._expected -= ids
+            awaited = ids & self._awaited  # a get here waits for them: pull them once made
+            self._awaited -= awaited
+        self._want(awaited)
         spec = pb.TaskSpec()
         spec.CopyFrom(task.spec)
         spec.hops += 1
@@ -216,27 +424,61 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         except Exception as exc:  # the node went away: keep the task here
             log.warning("forwarding task %s to %s failed: %s", spec.name, address, exc)
             with self._lock:
+                self._expected.update(return_ids(task.spec))
                 self._ready.appendleft(task)
 
-    def _task_finished(self, task_id: str, data: bytes) -> None:
+    def _store_results(self, spec: pb.TaskSpec, results: list) -> None:
+        for object_id, data in zip(return_ids(spec), results):
+            self.store.put(object_id, data)
         with self._lock:
-            task = self._running.pop(task_id, None)
-            if task is not None:
-                add(self.available, task.need)
+            self._expected.difference_update(return_ids(spec))
+            self._awaited.difference_update(return_ids(spec))
+
+    def _task_finished(self, task_id: str, results: list) -> None:
+        with self._lock:
+            actor = self._actor_calls.pop(task_id, None)
+            if actor is not None:
+                task = actor.inflight.pop(task_id, None)
+                if task is None and task_id == actor.creation.task_id:
+                    task = _Task(actor.creation, {}, set())
+                self._update_idle()
+            else:
+                task = self._running.pop(task_id, None)
+                if task is not None:
+                    add(self.available, task.need)
         if task is not None:
-            self.store.put(task.spec.return_id, data)
-        self._schedule()
+            self._store_results(task.spec, results)
+        if actor is None:
+            self._schedule()
 
     def _worker_died(self, task_id: str, pid: int, returncode) -> None:
         with self._lock:
             task = self._running.get(task_id)
-        if task is None:
+            if task is None:
+                return
+            spec = task.spec
+            if not self._stopping.is_set() and (spec.max_retries < 0 or spec.attempt < spec.max_retries):
+                del self._running[task_id]
+                add(self.available, task.need)
+                spec.attempt += 1
+                log.info("retrying task %s (attempt %d): its worker (pid %d) exited with code %s",
+                         spec.name, spec.attempt, pid, returncode)
+                self._ready.appendleft(task)
+                retried = True
+            else:
+                retried = False
+        if retried:
+            self._schedule()
             return
         detail = f"the worker process (pid {pid}) running it exited with code {returncode}"
-        self._task_finished(task_id, dumps_task_error(WorkerCrashedError(task.spec.name, detail)))
+        if spec.attempt:
+            detail += f" (after {spec.attempt} retries)"
+        error = dumps_task_error(WorkerCrashedError(spec.name, detail))
+        self._task_finished(task_id, [error] * len(return_ids(spec)))
 
     def _update_idle(self) -> None:
-        busy = self._running or self._ready or self._waiting
+        busy = self._running or self._ready or self._waiting or any(
+            not a.dead for a in self._actors.values())
         if busy:
             self._idle_since = None
         elif self._idle_since is None:
@@ -264,6 +506,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             if reply.reregister:
                 self._register()
                 continue
+            self._drop_killed_pending_actors()
             with self._lock:
                 self._view = {n.node_id: n for n in reply.nodes if n.node_id != self.node_id}
             self._schedule()

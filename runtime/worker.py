@@ -1,7 +1,9 @@
 """A worker process: receives tasks from its node agent, runs them, sends back the results.
 
 User code inside a task can call the runtime API (nested `.remote()`, `get`): the worker connects
-to its node agent like a driver does, from the environment the agent gave it.
+to its node agent like a driver does, from the environment the agent gave it. An actor's worker
+runs the ACTOR_CREATION call once, keeps the instance, and runs its method calls in the order they
+arrive.
 """
 
 from __future__ import annotations
@@ -18,15 +20,45 @@ from runtime.errors import TaskError
 from runtime.serialization import dumps_error, dumps_task_error, dumps_value, loads_args
 
 
-def run_task(spec: pb.TaskSpec, dependencies: dict) -> bytes:
-    try:
-        function = api.function_table().load(spec.function_id)
-        args, kwargs = loads_args(spec.args, dependencies)
-        return dumps_value(function(*args, **kwargs))
-    except TaskError as exc:  # a failed dependency: its error is the result, unchanged
-        return dumps_task_error(exc)
-    except BaseException as exc:  # everything the user's code raises goes back to the caller
-        return dumps_error(spec.name, exc)
+_actor = None  # the instance, in an actor's dedicated worker
+_actor_error: bytes | None = None  # the creation error, returned by every method call
+
+
+def run_task(spec: pb.TaskSpec, dependencies: dict) -> list[bytes]:
+    """Run one task, actor creation or actor method; one object per return id."""
+    global _actor, _actor_error
+    count = max(1, len(spec.return_ids))
+    if spec.kind == pb.TaskSpec.ACTOR_METHOD and _actor_error is not None:
+        return [_actor_error] * count
+    attempts_left = spec.max_retries - spec.attempt if spec.retry_exceptions else 0
+    while True:
+        try:
+            args, kwargs = loads_args(spec.args, dependencies)
+            if spec.kind == pb.TaskSpec.ACTOR_METHOD:
+                value = getattr(_actor, spec.method)(*args, **kwargs)
+            elif spec.kind == pb.TaskSpec.ACTOR_CREATION:
+                cls = api.function_table().load(spec.function_id)
+                _actor = cls(*args, **kwargs)
+                return [dumps_value(None)]
+            else:
+                value = api.function_table().load(spec.function_id)(*args, **kwargs)
+            if count == 1:
+                return [dumps_value(value)]
+            values = list(value)
+            if len(values) != count:
+                raise ValueError(f"task {spec.name} declared num_returns={count} "
+                                 f"but returned {len(values)} values")
+            return [dumps_value(v) for v in values]
+        except TaskError as exc:  # a failed dependency: its error is the result, unchanged
+            result = dumps_task_error(exc)
+        except BaseException as exc:  # everything the user's code raises goes back to the caller
+            if attempts_left != 0 and spec.kind == pb.TaskSpec.TASK:
+                attempts_left -= 1
+                continue
+            result = dumps_error(spec.name, exc)
+        if spec.kind == pb.TaskSpec.ACTOR_CREATION:
+            _actor_error = result
+        return [result] * count
 
 
 def main() -> None:

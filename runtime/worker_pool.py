@@ -1,8 +1,10 @@
 """The node agent's worker processes: each runs one task at a time, talking over a private socket.
 
 A worker is `python -m runtime.worker FD`; the agent sends it a pickled (TaskSpec, dependency
-values) and reads back ("result", task_id, object bytes). A worker that dies mid-task is reported
-through `on_death` so the task's caller gets an error instead of waiting forever.
+values) and reads back ("result", task_id, [object bytes, one per return id]). A worker that dies
+mid-task is reported through `on_death` so the task can be retried or its caller gets an error
+instead of waiting forever. An actor's worker is `dedicated`: it never goes back to the idle pool,
+and its death is reported through its own `on_exit`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ class Worker:
         self.conn = conn
         self.task_id: Optional[str] = None
         self.send_lock = threading.Lock()
+        self.on_exit: Optional[Callable] = None  # set for an actor's dedicated worker
+
+    def send(self, message: bytes) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send_bytes(message)
+        except OSError:
+            pass  # the reader thread reports the death
 
     @property
     def pid(self) -> int:
@@ -55,7 +65,17 @@ class WorkerPool:
         except OSError:
             pass  # the reader thread reports the death with this task attached
 
-    def _start_worker(self) -> Worker:
+    def dedicated(self, on_exit: Callable) -> Worker:
+        """A worker for one actor: never returned to the idle pool; on_exit(worker) when it dies."""
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+            if worker is not None:
+                worker.on_exit = on_exit
+        if worker is None:
+            worker = self._start_worker(on_exit)
+        return worker
+
+    def _start_worker(self, on_exit: Optional[Callable] = None) -> Worker:
         parent_sock, child_sock = socket.socketpair()
         log_path = logs_dir() / "workers.log"
         with open(log_path, "ab") as log_file:
@@ -66,6 +86,7 @@ class WorkerPool:
             )
         child_sock.close()
         worker = Worker(process, Connection(parent_sock.detach()))
+        worker.on_exit = on_exit
         with self._lock:
             self._all.add(worker)
         threading.Thread(target=self._read, args=(worker,), daemon=True).start()
@@ -79,14 +100,17 @@ class WorkerPool:
                 break
             worker.task_id = None
             with self._lock:
-                self._idle.append(worker)
+                if worker.on_exit is None:
+                    self._idle.append(worker)
             self._on_result(task_id, data)
         worker.process.wait()
         with self._lock:
             self._all.discard(worker)
             if worker in self._idle:
                 self._idle.remove(worker)
-        if worker.task_id is not None:
+        if worker.on_exit is not None:
+            worker.on_exit(worker)
+        elif worker.task_id is not None:
             self._on_death(worker.task_id, worker.pid, worker.process.returncode)
 
     def shutdown(self) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rruntime.proto\x12\tclusterrt\"\x07\n\x05\x45mpty\"\xb8\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\x11\n\tnode_type\x18\x04 \x01(\t\x12\x0f\n\x07is_head\x18\x05 \x01(\x08\x12-\n\x05total\x18\x06 \x03(\x0b\x32\x1e.clusterrt.NodeInfo.TotalEntry\x12\x35\n\tavailable\x18\x07 \x03(\x0b\x32\".clusterrt.NodeInfo.AvailableEntry\x12\x14\n\x0cidle_seconds\x18\x08 \x01(\x01\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x30\n\x0e\x41vailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"z\n\nShapeCount\x12/\n\x05shape\x18\x01 \x03(\x0b\x32 .clusterrt.ShapeCount.ShapeEntry\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x1a,\n\nShapeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd1\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12=\n\tavailable\x18\x02 \x03(\x0b\x32*.clusterrt.HeartbeatRequest.AvailableEntry\x12\x14\n\x0cidle_seconds\x18\x03 \x01(\x01\x12%\n\x06\x64\x65mand\x18\x04 \x03(\x0b\x32\x15.clusterrt.ShapeCount\x1a\x30\n\x0e\x41vailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"H\n\x0eHeartbeatReply\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.clusterrt.NodeInfo\x12\x12\n\nreregister\x18\x02 \x01(\x08\" \n\rNodeIdRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"l\n\x0c\x43lusterState\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.clusterrt.NodeInfo\x12%\n\x06\x64\x65mand\x18\x02 \x03(\x0b\x32\x15.clusterrt.ShapeCount\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\":\n\tKvRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\toverwrite\x18\x03 \x01(\x08\"\'\n\x07KvReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"<\n\x15ObjectLocationsUpdate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nobject_ids\x18\x02 \x03(\t\";\n\x14WaitLocationsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"E\n\x0eObjectLocation\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"B\n\x12WaitLocationsReply\x12,\n\tlocations\x18\x01 \x03(\x0b\x32\x19.clusterrt.ObjectLocation\"\xec\x01\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x01(\x0c\x12\x14\n\x0c\x64\x65pendencies\x18\x05 \x03(\t\x12\x35\n\tresources\x18\x06 \x03(\x0b\x32\".clusterrt.TaskSpec.ResourcesEntry\x12\x11\n\treturn_id\x18\x07 \x01(\t\x12\x0c\n\x04hops\x18\x08 \x01(\x05\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"8\n\x12SubmitTasksRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.clusterrt.TaskSpec\"8\n\x11GetObjectsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"-\n\nObjectData\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"L\n\x0fGetObjectsReply\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.clusterrt.ObjectData\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\"\'\n\x12\x46\x65tchObjectRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\"*\n\x0bObjectChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x32\x84\x04\n\x03Gcs\x12\x35\n\x0cRegisterNode\x12\x13.clusterrt.NodeInfo\x1a\x10.clusterrt.Empty\x12<\n\x0eUnregisterNode\x12\x18.clusterrt.NodeIdRequest\x1a\x10.clusterrt.Empty\x12\x43\n\tHeartbeat\x12\x1b.clusterrt.HeartbeatRequest\x1a\x19.clusterrt.HeartbeatReply\x12<\n\x0fGetClusterState\x12\x10.clusterrt.Empty\x1a\x17.clusterrt.ClusterState\x12\x31\n\x05KvPut\x12\x14.clusterrt.KvRequest\x1a\x12.clusterrt.KvReply\x12\x31\n\x05KvGet\x12\x14.clusterrt.KvRequest\x1a\x12.clusterrt.KvReply\x12H\n\x12\x41\x64\x64ObjectLocations\x12 .clusterrt.ObjectLocationsUpdate\x1a\x10.clusterrt.Empty\x12U\n\x13WaitObjectLocations\x12\x1f.clusterrt.WaitLocationsRequest\x1a\x1d.clusterrt.WaitLocationsReply2\x91\x02\n\tNodeAgent\x12>\n\x0bSubmitTasks\x12\x1d.clusterrt.SubmitTasksRequest\x1a\x10.clusterrt.Empty\x12\x46\n\nGetObjects\x12\x1c.clusterrt.GetObjectsRequest\x1a\x1a.clusterrt.GetObjectsReply\x12\x34\n\tPutObject\x12\x15.clusterrt.ObjectData\x1a\x10.clusterrt.Empty\x12\x46\n\x0b\x46\x65tchObject\x12\x1d.clusterrt.FetchObjectRequest\x1a\x16.clusterrt.ObjectChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rruntime.proto\x12\tclusterrt\"\x07\n\x05\x45mpty\"\xb8\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\x11\n\tnode_type\x18\x04 \x01(\t\x12\x0f\n\x07is_head\x18\x05 \x01(\x08\x12-\n\x05total\x18\x06 \x03(\x0b\x32\x1e.clusterrt.NodeInfo.TotalEntry\x12\x35\n\tavailable\x18\x07 \x03(\x0b\x32\".clusterrt.NodeInfo.AvailableEntry\x12\x14\n\x0cidle_seconds\x18\x08 \x01(\x01\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x30\n\x0e\x41vailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"z\n\nShapeCount\x12/\n\x05shape\x18\x01 \x03(\x0b\x32 .clusterrt.ShapeCount.ShapeEntry\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x1a,\n\nShapeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd1\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12=\n\tavailable\x18\x02 \x03(\x0b\x32*.clusterrt.HeartbeatRequest.AvailableEntry\x12\x14\n\x0cidle_seconds\x18\x03 \x01(\x01\x12%\n\x06\x64\x65mand\x18\x04 \x03(\x0b\x32\x15.clusterrt.ShapeCount\x1a\x30\n\x0e\x41vailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"H\n\x0eHeartbeatReply\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.clusterrt.NodeInfo\x12\x12\n\nreregister\x18\x02 \x01(\x08\" \n\rNodeIdRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"l\n\x0c\x43lusterState\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.clusterrt.NodeInfo\x12%\n\x06\x64\x65mand\x18\x02 \x03(\x0b\x32\x15.clusterrt.ShapeCount\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\":\n\tKvRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x11\n\toverwrite\x18\x03 \x01(\x08\"\'\n\x07KvReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"<\n\x15ObjectLocationsUpdate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nobject_ids\x18\x02 \x03(\t\";\n\x14WaitLocationsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"E\n\x0eObjectLocation\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"B\n\x12WaitLocationsReply\x12,\n\tlocations\x18\x01 \x03(\x0b\x32\x19.clusterrt.ObjectLocation\"\xd1\x01\n\tActorInfo\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x12\n\nclass_name\x18\x04 \x01(\t\x12\x0f\n\x07methods\x18\x05 \x03(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65\x61th_cause\x18\t \x01(\t\x12\x10\n\x08lifetime\x18\n \x01(\t\x12\x14\n\x0cnum_restarts\x18\x0b \x01(\x05\"U\n\x0c\x41\x63torRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x12\n\nno_restart\x18\x04 \x01(\x08\"N\n\nActorReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\"\n\x04info\x18\x02 \x01(\x0b\x32\x14.clusterrt.ActorInfo\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xce\x04\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x01(\x0c\x12\x14\n\x0c\x64\x65pendencies\x18\x05 \x03(\t\x12\x35\n\tresources\x18\x06 \x03(\x0b\x32\".clusterrt.TaskSpec.ResourcesEntry\x12\x11\n\treturn_id\x18\x07 \x01(\t\x12\x0c\n\x04hops\x18\x08 \x01(\x05\x12&\n\x04kind\x18\t \x01(\x0e\x32\x18.clusterrt.TaskSpec.Kind\x12\x10\n\x08\x61\x63tor_id\x18\n \x01(\t\x12\x0e\n\x06method\x18\x0b \x01(\t\x12>\n\x0ehold_resources\x18\x0c \x03(\x0b\x32&.clusterrt.TaskSpec.HoldResourcesEntry\x12\x12\n\nreturn_ids\x18\r \x03(\t\x12\x13\n\x0bmax_retries\x18\x0e \x01(\x05\x12\x18\n\x10retry_exceptions\x18\x0f \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x10 \x01(\x05\x12\x14\n\x0cmax_restarts\x18\x11 \x01(\x05\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x34\n\x12HoldResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x04Kind\x12\x08\n\x04TASK\x10\x00\x12\x12\n\x0e\x41\x43TOR_CREATION\x10\x01\x12\x10\n\x0c\x41\x43TOR_METHOD\x10\x02\"8\n\x12SubmitTasksRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.clusterrt.TaskSpec\"8\n\x11GetObjectsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"-\n\nObjectData\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"L\n\x0fGetObjectsReply\x12&\n\x07objects\x18\x01 \x03(\x0b\x32\x15.clusterrt.ObjectData\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\"N\n\x12WaitObjectsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\x12\x13\n\x0bnum_returns\x18\x02 \x01(\x05\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\"!\n\x10WaitObjectsReply\x12\r\n\x05ready\x18\x01 \x03(\t\"\'\n\x12\x46\x65tchObjectRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\"*\n\x0bObjectChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x32\xba\x05\n\x03Gcs\x12\x35\n\x0cRegisterNode\x12\x13.clusterrt.NodeInfo\x1a\x10.clusterrt.Empty\x12<\n\x0eUnregisterNode\x12\x18.clusterrt.NodeIdRequest\x1a\x10.clusterrt.Empty\x12\x43\n\tHeartbeat\x12\x1b.clusterrt.HeartbeatRequest\x1a\x19.clusterrt.HeartbeatReply\x12<\n\x0fGetClusterState\x12\x10.clusterrt.Empty\x1a\x17.clusterrt.ClusterState\x12\x31\n\x05KvPut\x12\x14.clusterrt.KvRequest\x1a\x12.clusterrt.KvReply\x12\x31\n\x05KvGet\x12\x14.clusterrt.KvRequest\x1a\x12.clusterrt.KvReply\x12H\n\x12\x41\x64\x64ObjectLocations\x12 .clusterrt.ObjectLocationsUpdate\x1a\x10.clusterrt.Empty\x12U\n\x13WaitObjectLocations\x12\x1f.clusterrt.WaitLocationsRequest\x1a\x1d.clusterrt.WaitLocationsReply\x12<\n\rRegisterActor\x12\x14.clusterrt.ActorInfo\x1a\x15.clusterrt.ActorReply\x12:\n\x0bUpdateActor\x12\x14.clusterrt.ActorInfo\x1a\x15.clusterrt.ActorReply\x12:\n\x08GetActor\x12\x17.clusterrt.ActorRequest\x1a\x15.clusterrt.ActorReply2\x94\x03\n\tNodeAgent\x12>\n\x0bSubmitTasks\x12\x1d.clusterrt.SubmitTasksRequest\x1a\x10.clusterrt.Empty\x12\x46\n\nGetObjects\x12\x1c.clusterrt.GetObjectsRequest\x1a\x1a.clusterrt.GetObjectsReply\x12\x34\n\tPutObject\x12\x15.clusterrt.ObjectData\x1a\x10.clusterrt.Empty\x12\x46\n\x0b\x46\x65tchObject\x12\x1d.clusterrt.FetchObjectRequest\x1a\x16.clusterrt.ObjectChunk0\x01\x12I\n\x0bWaitObjects\x12\x1d.clusterrt.WaitObjectsRequest\x1a\x1b.clusterrt.WaitObjectsReply\x12\x36\n\tKillActor\x12\x17.clusterrt.ActorRequest\x1a\x10.clusterrt.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST_AVAILABLEENTRY']._serialized_options = b'8\001'
   _globals['_TASKSPEC_RESOURCESENTRY']._loaded_options = None
   _globals['_TASKSPEC_RESOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_TASKSPEC_HOLDRESOURCESENTRY']._loaded_options = None
+  _globals['_TASKSPEC_HOLDRESOURCESENTRY']._serialized_options = b'8\001'
   _globals['_EMPTY']._serialized_start=28
   _globals['_EMPTY']._serialized_end=35
   _globals['_NODEINFO']._serialized_start=38
@@ -75,24 +77,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBJECTLOCATION']._serialized_end=1199
   _globals['_WAITLOCATIONSREPLY']._serialized_start=1201
   _globals['_WAITLOCATIONSREPLY']._serialized_end=1267
-  _globals['_TASKSPEC']._serialized_start=1270
-  _globals['_TASKSPEC']._serialized_end=1506
-  _globals['_TASKSPEC_RESOURCESENTRY']._serialized_start=1458
-  _globals['_TASKSPEC_RESOURCESENTRY']._serialized_end=1506
-  _globals['_SUBMITTASKSREQUEST']._serialized_start=1508
-  _globals['_SUBMITTASKSREQUEST']._serialized_end=1564
-  _globals['_GETOBJECTSREQUEST']._serialized_start=1566
-  _globals['_GETOBJECTSREQUEST']._serialized_end=1622
-  _globals['_OBJECTDATA']._serialized_start=1624
-  _globals['_OBJECTDATA']._serialized_end=1669
-  _globals['_GETOBJECTSREPLY']._serialized_start=1671
-  _globals['_GETOBJECTSREPLY']._serialized_end=1747
-  _globals['_FETCHOBJECTREQUEST']._serialized_start=1749
-  _globals['_FETCHOBJECTREQUEST']._serialized_end=1788
-  _globals['_OBJECTCHUNK']._serialized_start=1790
-  _globals['_OBJECTCHUNK']._serialized_end=1832
-  _globals['_GCS']._serialized_start=1835
-  _globals['_GCS']._serialized_end=2351
-  _globals['_NODEAGENT']._serialized_start=2354
-  _globals['_NODEAGENT']._serialized_end=2627
+  _globals['_ACTORINFO']._serialized_start=1270
+  _globals['_ACTORINFO']._serialized_end=1479
+  _globals['_ACTORREQUEST']._serialized_start=1481
+  _globals['_ACTORREQUEST']._serialized_end=1566
+  _globals['_ACTORREPLY']._serialized_start=1568
+  _globals['_ACTORREPLY']._serialized_end=1646
+  _globals['_TASKSPEC']._serialized_start=1649
+  _globals['_TASKSPEC']._serialized_end=2239
+  _globals['_TASKSPEC_RESOURCESENTRY']._serialized_start=2081
+  _globals['_TASKSPEC_RESOURCESENTRY']._serialized_end=2129
+  _globals['_TASKSPEC_HOLDRESOURCESENTRY']._serialized_start=2131
+  _globals['_TASKSPEC_HOLDRESOURCESENTRY']._serialized_end=2183
+  _globals['_TASKSPEC_KIND']._serialized_start=2185
+  _globals['_TASKSPEC_KIND']._serialized_end=2239
+  _globals['_SUBMITTASKSREQUEST']._serialized_start=2241
+  _globals['_SUBMITTASKSREQUEST']._serialized_end=2297
+  _globals['_GETOBJECTSREQUEST']._serialized_start=2299
+  _globals['_GETOBJECTSREQUEST']._serialized_end=2355
+  _globals['_OBJECTDATA']._serialized_start=2357
+  _globals['_OBJECTDATA']._serialized_end=2402
+  _globals['_GETOBJECTSREPLY']._serialized_start=2404
+  _globals['_GETOBJECTSREPLY']._serialized_end=2480
+  _globals['_WAITOBJECTSREQUEST']._serialized_start=2482
+  _globals['_WAITOBJECTSREQUEST']._serialized_end=2560
+  _globals['_WAITOBJECTSREPLY']._serialized_start=2562
+  _globals['_WAITOBJECTSREPLY']._serialized_end=2595
+  _globals['_FETCHOBJECTREQUEST']._serialized_start=2597
+  _globals['_FETCHOBJECTREQUEST']._serialized_end=2636
+  _globals['_OBJECTCHUNK']._serialized_start=2638
+  _globals['_OBJECTCHUNK']._serialized_end=2680
+  _globals['_GCS']._serialized_start=2683
+  _globals['_GCS']._serialized_end=3381
+  _globals['_NODEAGENT']._serialized_start=3384
+  _globals['_NODEAGENT']._serialized_end=3788
 # @@protoc_insertion_point(module_scope)

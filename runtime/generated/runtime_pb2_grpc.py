@@ -74,6 +74,21 @@ class GcsStub:
                 request_serializer=runtime__pb2.WaitLocationsRequest.SerializeToString,
                 response_deserializer=runtime__pb2.WaitLocationsReply.FromString,
                 _registered_method=True)
+        self.RegisterActor = channel.unary_unary(
+                '/clusterrt.Gcs/RegisterActor',
+                request_serializer=runtime__pb2.ActorInfo.SerializeToString,
+                response_deserializer=runtime__pb2.ActorReply.FromString,
+                _registered_method=True)
+        self.UpdateActor = channel.unary_unary(
+                '/clusterrt.Gcs/UpdateActor',
+                request_serializer=runtime__pb2.ActorInfo.SerializeToString,
+                response_deserializer=runtime__pb2.ActorReply.FromString,
+                _registered_method=True)
+        self.GetActor = channel.unary_unary(
+                '/clusterrt.Gcs/GetActor',
+                request_serializer=runtime__pb2.ActorRequest.SerializeToString,
+                response_deserializer=runtime__pb2.ActorReply.FromString,
+                _registered_method=True)
 
 
 class GcsServicer:
@@ -127,6 +142,25 @@ class GcsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterActor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateActor(self, request, context):
+        """the record after the update
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetActor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +203,21 @@ def add_GcsServicer_to_server(servicer, server):
                     servicer.WaitObjectLocations,
                     request_deserializer=runtime__pb2.WaitLocationsRequest.FromString,
                     response_serializer=runtime__pb2.WaitLocationsReply.SerializeToString,
+            ),
+            'RegisterActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterActor,
+                    request_deserializer=runtime__pb2.ActorInfo.FromString,
+                    response_serializer=runtime__pb2.ActorReply.SerializeToString,
+            ),
+            'UpdateActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateActor,
+                    request_deserializer=runtime__pb2.ActorInfo.FromString,
+                    response_serializer=runtime__pb2.ActorReply.SerializeToString,
+            ),
+            'GetActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActor,
+                    request_deserializer=runtime__pb2.ActorRequest.FromString,
+                    response_serializer=runtime__pb2.ActorReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +446,87 @@ class Gcs:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RegisterActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/RegisterActor',
+            runtime__pb2.ActorInfo.SerializeToString,
+            runtime__pb2.ActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/UpdateActor',
+            runtime__pb2.ActorInfo.SerializeToString,
+            runtime__pb2.ActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/GetActor',
+            runtime__pb2.ActorRequest.SerializeToString,
+            runtime__pb2.ActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NodeAgentStub:
     """Missing associated documentation comment in .proto file."""
@@ -426,6 +556,16 @@ class NodeAgentStub:
                 '/clusterrt.NodeAgent/FetchObject',
                 request_serializer=runtime__pb2.FetchObjectRequest.SerializeToString,
                 response_deserializer=runtime__pb2.ObjectChunk.FromString,
+                _registered_method=True)
+        self.WaitObjects = channel.unary_unary(
+                '/clusterrt.NodeAgent/WaitObjects',
+                request_serializer=runtime__pb2.WaitObjectsRequest.SerializeToString,
+                response_deserializer=runtime__pb2.WaitObjectsReply.FromString,
+                _registered_method=True)
+        self.KillActor = channel.unary_unary(
+                '/clusterrt.NodeAgent/KillActor',
+                request_serializer=runtime__pb2.ActorRequest.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
                 _registered_method=True)
 
 
@@ -457,6 +597,18 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitObjects(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillActor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -479,6 +631,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.FetchObject,
                     request_deserializer=runtime__pb2.FetchObjectRequest.FromString,
                     response_serializer=runtime__pb2.ObjectChunk.SerializeToString,
+            ),
+            'WaitObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitObjects,
+                    request_deserializer=runtime__pb2.WaitObjectsRequest.FromString,
+                    response_serializer=runtime__pb2.WaitObjectsReply.SerializeToString,
+            ),
+            'KillActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillActor,
+                    request_deserializer=runtime__pb2.ActorRequest.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +751,60 @@ class NodeAgent:
             '/clusterrt.NodeAgent/FetchObject',
             runtime__pb2.FetchObjectRequest.SerializeToString,
             runtime__pb2.ObjectChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/WaitObjects',
+            runtime__pb2.WaitObjectsRequest.SerializeToString,
+            runtime__pb2.WaitObjectsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/KillActor',
+            runtime__pb2.ActorRequest.SerializeToString,
+            runtime__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

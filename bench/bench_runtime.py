@@ -1,0 +1,98 @@
+"""Runtime figures on this machine: init time, no-op task throughput (1k), single-task round trip,
+sequential actor calls/s, actor calls/s with 1000 in flight, put/get of a 1 MB bytes object.
+
+Each workload runs on the embedded runtime (a private single-node cluster started by `init`), and on
+Ray too when `import ray` works (Ray is not a dependency: nothing installs it). Run:
+python bench/bench_runtime.py [--num-cpus N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import tempfile
+import time
+
+
+def measure(ray, num_cpus: int) -> dict:
+    figures = {}
+    t = time.perf_counter()
+    ray.init(num_cpus=num_cpus)
+    figures["init_s"] = time.perf_counter() - t
+    try:
+        @ray.remote
+        def noop():
+            return None
+
+        ray.get([noop.remote() for _ in range(50)])  # warm the worker processes
+        t = time.perf_counter()
+        ray.get([noop.remote() for _ in range(1000)])
+        figures["noop_tasks_per_s_1k"] = 1000 / (time.perf_counter() - t)
+
+        trips = []
+        for _ in range(200):
+            t = time.perf_counter()
+            ray.get(noop.remote())
+            trips.append(time.perf_counter() - t)
+        figures["task_round_trip_ms_median"] = statistics.median(trips) * 1000
+
+        @ray.remote
+        class Counter:
+            def __init__(self):
+                self.n = 0
+
+            def inc(self):
+                self.n += 1
+                return self.n
+
+        counter = Counter.remote()
+        ray.get(counter.inc.remote())
+        t = time.perf_counter()
+        for _ in range(500):
+            ray.get(counter.inc.remote())
+        figures["actor_calls_per_s_sync"] = 500 / (time.perf_counter() - t)
+        t = time.perf_counter()
+        ray.get([counter.inc.remote() for _ in range(1000)])
+        figures["actor_calls_per_s_1000_in_flight"] = 1000 / (time.perf_counter() - t)
+
+        payload = os.urandom(1 << 20)
+        puts, gets = [], []
+        for _ in range(20):
+            t = time.perf_counter()
+            ref = ray.put(payload)
+            puts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            assert len(ray.get(ref)) == len(payload)
+            gets.append(time.perf_counter() - t)
+        figures["put_1MB_ms_median"] = statistics.median(puts) * 1000
+        figures["get_1MB_ms_median"] = statistics.median(gets) * 1000
+    finally:
+        ray.shutdown()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-cpus", type=int, default=2)
+    args = parser.parse_args()
+    os.environ["CLUSTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="bench-runtime-")  # no inherited cluster
+    os.environ.pop("CLUSTER_ADDRESS", None)
+    results = {"runtime": measure(importlib.import_module("runtime"), args.num_cpus)}
+    try:
+        results["ray"] = measure(importlib.import_module("ray"), args.num_cpus)
+    except ImportError:
+        print("(ray is not importable: runtime figures only)")
+    names = list(results["runtime"])
+    print(f"{'workload':36s}" + "".join(f"{k:>12s}" for k in results)
+          + ("   ratio" if "ray" in results else ""))
+    for name in names:
+        row = f"{name:36s}" + "".join(f"{r[name]:12.2f}" for r in results.values())
+        if "ray" in results and results["ray"][name]:
+            row += f"   {results['runtime'][name] / results['ray'][name]:.2f}x"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
