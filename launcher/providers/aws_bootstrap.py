@@ -1,0 +1,232 @@
+"""Preparing an AWS account for a cluster: AMI, instance catalog, subnets, security group, key pair,
+the head's IAM role. Returns a config whose node types carry everything RunInstances needs and the
+resources the planner packs onto.
+
+Order matters: everything that only reads (catalog, AMIs, subnets) runs first, so bad input (an
+unknown instance type, a missing AMI, a subnet of another VPC) fails before anything is created.
+What is created is named after the cluster or the region and reused on the next `cluster up`:
+the security group `cluster-launcher-<cluster>` (tagged cluster-name), the key pair
+`cluster-launcher_<region>` (or one imported from auth.ssh_private_key), the IAM role and instance
+profile `cluster-launcher-head-v1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Mapping
+
+from launcher import tags as T
+from launcher.errors import AuthError, ConfigError, InvalidNodeConfig, ProviderError
+from launcher.providers.aws_catalog import aws_call, catalog, classify, ec2_client
+
+KEY_DIR = "~/.cluster-launcher/keys"
+HEAD_ROLE = "cluster-launcher-head-v1"
+# The newest image whose name matches, owned by Amazon: the DL AMI with NVIDIA drivers and CUDA.
+DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+ASSUME_EC2 = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+HEAD_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+    {"Effect": "Allow", "Action": "iam:PassRole", "Resource": f"arn:aws:iam::*:role/{HEAD_ROLE}"}]}
+
+
+def bootstrap(config, echo: Callable[[str], None]):
+    """See the module docstring."""
+    provider = config.provider
+    ec2 = ec2_client(provider["region"])
+    types = dict(config.node_types)
+    detected = _detect_resources(ec2, types)
+    image = _default_image(ec2, provider, types, echo)
+    vpc, subnets = _subnets(ec2, provider, types)
+    group = _security_group(ec2, config.cluster_name, provider, vpc, types, echo)
+    key_name, auth = _key_pair(ec2, provider, dict(config.auth), echo)
+    profile = _head_profile(provider, types[config.head_node_type], echo)
+    for name, spec in types.items():
+        node_config = dict(spec.node_config)
+        node_config.setdefault("ImageId", image)
+        node_config.setdefault("SubnetIds", subnets)
+        node_config.setdefault("SecurityGroupIds", [group])
+        node_config.setdefault("KeyName", key_name)
+        if name == config.head_node_type and profile:
+            node_config.setdefault("IamInstanceProfile", {"Arn": profile})
+        resources = {**detected[name], **spec.resources}  # the YAML's resources override
+        types[name] = dataclasses.replace(spec, node_config=node_config, resources=resources)
+    return dataclasses.replace(config, node_types=types, auth=auth)
+
+
+def _detect_resources(ec2, types: Mapping) -> dict[str, dict]:
+    for name, spec in types.items():
+        if not spec.node_config.get("InstanceType"):
+            raise ConfigError(f"available_node_types.{name}.node_config.InstanceType: missing")
+    wanted = [spec.node_config["InstanceType"] for spec in types.values()]
+    found = catalog(ec2, wanted, "available_node_types.*.node_config.InstanceType")
+    return {name: found[spec.node_config["InstanceType"]] for name, spec in types.items()}
+
+
+def _default_image(ec2, provider: Mapping, types: Mapping, echo) -> str | None:
+    """Check each configured ImageId exists; find the default AMI only if a type lacks one."""
+    for name, spec in types.items():
+        if spec.node_config.get("ImageId"):
+            aws_call(ec2.describe_images, f"available_node_types.{name}.node_config.ImageId",
+                     ImageIds=[spec.node_config["ImageId"]])
+    if all(spec.node_config.get("ImageId") for spec in types.values()):
+        return None
+    pattern = provider.get("default_ami_name", DEFAULT_AMI_NAME)
+    images = aws_call(ec2.describe_images, "default AMI lookup", Owners=["amazon"],
+                      Filters=[{"Name": "name", "Values": [pattern]},
+                               {"Name": "state", "Values": ["available"]}])["Images"]
+    if not images:
+        raise InvalidNodeConfig(f"available_node_types.*.node_config.ImageId: missing, and no AMI "
+                                f"named {pattern!r} in {provider['region']}; set ImageId")
+    newest = max(images, key=lambda image: image.get("CreationDate", ""))
+    echo(f"Using AMI {newest['ImageId']} ({newest.get('Name')})")
+    return newest["ImageId"]
+
+
+def _subnets(ec2, provider: Mapping, types: Mapping) -> tuple[str, list[str]]:
+    """(VPC id, subnet ids): the configured subnets (all in one VPC), else the default VPC's subnets
+    in provider.availability_zone (comma-separated; all zones when unset)."""
+    given = {s for spec in types.values() for s in _subnet_ids(spec.node_config)}
+    if given:
+        found = aws_call(ec2.describe_subnets, "node_config.SubnetIds", SubnetIds=sorted(given))
+        vpcs = {s["VpcId"] for s in found["Subnets"]}
+        if len(vpcs) > 1:
+            raise InvalidNodeConfig(f"node_config.SubnetIds: the subnets are in different VPCs "
+                                    f"({', '.join(sorted(vpcs))}); use subnets of one VPC")
+        return vpcs.pop(), _in_zones(found["Subnets"], provider)
+    vpcs = aws_call(ec2.describe_vpcs, "default VPC lookup",
+                    Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise InvalidNodeConfig("node_config.SubnetIds: missing, and the region has no default VPC")
+    vpc = vpcs[0]["VpcId"]
+    found = aws_call(ec2.describe_subnets, "subnet lookup",
+                     Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    return vpc, _in_zones(found, provider)
+
+
+def _subnet_ids(node_config: Mapping) -> list[str]:
+    return list(node_config.get("SubnetIds", [])) + ([node_config["SubnetId"]]
+                                                     if node_config.get("SubnetId") else [])
+
+
+def _in_zones(subnets: list, provider: Mapping) -> list[str]:
+    zones = [z.strip() for z in provider.get("availability_zone", "").split(",") if z.strip()]
+    chosen = [s for s in subnets if not zones or s["AvailabilityZone"] in zones]
+    chosen.sort(key=lambda s: (zones.index(s["AvailabilityZone"]) if zones else 0, s["SubnetId"]))
+    if not chosen:
+        raise InvalidNodeConfig(f"provider.availability_zone: no subnet in {', '.join(zones)}")
+    return [s["SubnetId"] for s in chosen]
+
+
+def _security_group(ec2, cluster: str, provider: Mapping, vpc: str, types: Mapping, echo) -> str:
+    """The cluster's group: SSH from provider.ssh_cidr (default anywhere), all traffic inside."""
+    name = f"cluster-launcher-{cluster}"
+    found = aws_call(ec2.describe_security_groups, "security group lookup", Filters=[
+        {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])
+    if found["SecurityGroups"]:
+        return found["SecurityGroups"][0]["GroupId"]
+    echo(f"Creating security group {name} in {vpc}")
+    group = aws_call(ec2.create_security_group, "creating the security group", GroupName=name,
+                     Description=f"cluster-launcher cluster {cluster}", VpcId=vpc,
+                     TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                         {"Key": T.TAG_CLUSTER_NAME, "Value": cluster}]}])["GroupId"]
+    cidr = provider.get("ssh_cidr", "0.0.0.0/0")
+    aws_call(ec2.authorize_security_group_ingress, "opening the security group", GroupId=group,
+             IpPermissions=[
+                 {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                  "IpRanges": [{"CidrIp": cidr}]},
+                 {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    return group
+
+
+def _key_pair(ec2, provider: Mapping, auth: dict, echo) -> tuple[str, dict]:
+    """(key pair name, auth): the user's key imported, or the region's key pair created once with
+    its private key kept under KEY_DIR (mode 0600)."""
+    if auth.get("ssh_private_key"):
+        return _import_key(ec2, provider, auth, echo), auth
+    name = provider.get("key_pair_name", f"cluster-launcher_{provider['region']}")
+    path = os.path.join(os.path.expanduser(KEY_DIR), f"{name}.pem")
+    exists = _key_exists(ec2, name)
+    if exists and not os.path.exists(path):
+        raise ConfigError(f"auth.ssh_private_key: key pair {name!r} exists in "
+                          f"{provider['region']} but its private key {path} is missing; set "
+                          "auth.ssh_private_key to it, or delete the key pair")
+    if not exists:
+        echo(f"Creating key pair {name}, private key {path}")
+        created = aws_call(ec2.create_key_pair, "creating the key pair", KeyName=name)
+        material = created["KeyMaterial"]
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(material)
+    return name, {**auth, "ssh_private_key": path}
+
+
+def _import_key(ec2, provider: Mapping, auth: Mapping, echo) -> str:
+    """auth.ssh_private_key's public half as a key pair named after its fingerprint."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    path = os.path.expanduser(auth["ssh_private_key"])
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        load = (serialization.load_ssh_private_key if b"OPENSSH" in data
+                else serialization.load_pem_private_key)
+        private = load(data, None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"auth.ssh_private_key: cannot read {path}: {exc}") from None
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)
+    name = provider.get("key_pair_name") or \
+        f"cluster-launcher_{hashlib.sha256(public).hexdigest()[:12]}"
+    if not _key_exists(ec2, name):
+        echo(f"Importing {path} as key pair {name}")
+        aws_call(ec2.import_key_pair, "importing the key pair", KeyName=name,
+                 PublicKeyMaterial=public)
+    return name
+
+
+def _key_exists(ec2, name: str) -> bool:
+    try:
+        aws_call(ec2.describe_key_pairs, "key pair lookup", KeyNames=[name])
+        return True
+    except InvalidNodeConfig as exc:
+        if "InvalidKeyPair.NotFound" in str(exc):
+            return False
+        raise
+
+
+def _head_profile(provider: Mapping, head, echo) -> str | None:
+    """The instance profile ARN that lets the head's autoscaler call EC2 (None: the head's
+    node_config names its own, or provider.head_iam_role is false)."""
+    if head.node_config.get("IamInstanceProfile") or provider.get("head_iam_role") is False:
+        return None
+    iam = ec2_client(provider["region"], "iam")
+    try:
+        return iam.get_instance_profile(InstanceProfileName=HEAD_ROLE)["InstanceProfile"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    except Exception as exc:  # classified below; an account without IAM rights gets one line
+        _raise_iam(exc)
+    echo(f"Creating IAM role and instance profile {HEAD_ROLE} for the head's autoscaler")
+    try:
+        iam.create_role(RoleName=HEAD_ROLE, AssumeRolePolicyDocument=json.dumps(ASSUME_EC2))
+        iam.put_role_policy(RoleName=HEAD_ROLE, PolicyName="cluster-launcher-autoscaler",
+                            PolicyDocument=json.dumps(HEAD_POLICY))
+        profile = iam.create_instance_profile(InstanceProfileName=HEAD_ROLE)["InstanceProfile"]
+        iam.add_role_to_instance_profile(InstanceProfileName=HEAD_ROLE, RoleName=HEAD_ROLE)
+    except Exception as exc:
+        _raise_iam(exc)
+    return profile["Arn"]
+
+
+def _raise_iam(exc: Exception):
+    error = classify(exc, f"IAM role {HEAD_ROLE}")
+    if isinstance(error, AuthError):
+        raise AuthError(f"{error}; set provider.head_iam_role: false and give the head's "
+                        "node_config an IamInstanceProfile") from None
+    raise error if isinstance(error, ProviderError) else exc

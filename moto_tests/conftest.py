@@ -1,0 +1,49 @@
+"""Shared fixtures: moto in-process, fake credentials, and nothing that can leave this machine.
+
+botocore's credential chain would ask the instance metadata service (169.254.169.254) when no
+credentials are set: it is switched off here, and the shared config files point nowhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from urllib.parse import urlparse
+
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto = pytest.importorskip("moto")
+
+REGION = "us-east-1"
+SAFE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/creds",
+    "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+}
+
+
+def assert_loopback_url(url: str) -> None:
+    """Every endpoint a test points boto3 at must be on this machine."""
+    host = urlparse(url).hostname
+    assert host and ipaddress.ip_address(host).is_loopback, f"not a loopback endpoint: {url}"
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch, tmp_path):
+    for key in [k for k in os.environ if k.startswith(("AWS_", "CLUSTER_"))]:
+        monkeypatch.delenv(key)
+    for key, value in SAFE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # keys and known_hosts of this test only
+    os.makedirs(tmp_path / "home", exist_ok=True)
+
+
+@pytest.fixture
+def ec2(aws_env):
+    """moto in-process (no sockets), with one registered AMI to launch."""
+    with moto.mock_aws():
+        client = boto3.client("ec2", region_name=REGION)
+        client.image_id = client.register_image(Name="test-ami", Architecture="x86_64")["ImageId"]
+        yield client

@@ -1,0 +1,216 @@
+"""`cluster up` on the aws provider against moto in server mode, with real SSH to container nodes.
+
+moto listens on 127.0.0.1; the cluster's VPC and subnet use 127.100.0.0/16, so every instance's
+private IP is a loopback address where a watcher boots a container node (tests/harness/containers)
+as soon as the instance runs, and powers it off once the instance is terminated. The head's
+autoscaler runs inside the head container and reaches the same moto endpoint through the
+AWS_ENDPOINT_URL its start command exports (containers share the host's network).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+import yaml
+
+from moto_tests.conftest import REGION, SAFE_ENV, assert_loopback_url
+from tests.harness.containers import assert_loopback, containers, ssh_key  # noqa: F401
+
+CLUSTER = str(Path(sys.executable).parent / "cluster")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{server._port}"
+    assert_loopback_url(url)
+    # moto's state lives in this process, shared with earlier servers and mocks: start empty
+    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    client = boto3.client("ec2", region_name=REGION, endpoint_url=moto_server)
+    vpc = client.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
+    subnet = client.create_subnet(VpcId=vpc, CidrBlock="127.100.0.0/24",
+                                  AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+    image = client.register_image(Name="dl-ami-stand-in", Architecture="x86_64")["ImageId"]
+    return client, subnet, image
+
+
+class InstanceWatcher(threading.Thread):
+    """Boots a container node on each running instance's IP; powers it off once it is gone."""
+
+    def __init__(self, client, containers):  # noqa: F811
+        super().__init__(daemon=True)
+        self.client, self.containers, self.nodes, self.errors = client, containers, {}, []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.5):
+            try:
+                self._sync()
+            except Exception as exc:  # reported by the test, which owns the failure
+                self.errors.append(repr(exc))
+
+    def _sync(self):
+        states = {i["InstanceId"]: (i["State"]["Name"], i.get("PrivateIpAddress"))
+                  for r in self.client.describe_instances()["Reservations"] for i in r["Instances"]}
+        live = {i: ip for i, (state, ip) in states.items() if state in ("pending", "running")}
+        for instance in [i for i in self.nodes if i not in live]:  # first: an IP may be reused
+            self.nodes.pop(instance).stop()
+        for instance, ip in live.items():
+            if instance not in self.nodes and ip:
+                assert_loopback(ip)
+                self.nodes[instance] = self.containers.start(ip)
+
+
+def _live(client) -> dict:
+    return {i["InstanceId"]: {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            for r in client.describe_instances(Filters=[{"Name": "instance-state-name",
+                                                         "Values": ["pending", "running"]}])
+            ["Reservations"] for i in r["Instances"]}
+
+
+def _config(tmp_path, endpoint, subnet, image, key_path) -> Path:
+    """cluster-configs/aws-gpu.yaml, pointed at moto and at the 127.x subnet."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "cluster-configs/aws-gpu.yaml").read_text())
+    aws_env = " ".join(f"{k}={v}" for k, v in {**SAFE_ENV, "AWS_ENDPOINT_URL": endpoint}.items()
+                       if not k.startswith("MOTO_"))
+    config.update(
+        cluster_name="moto-e2e", max_workers=2, idle_timeout_minutes=0.15,
+        autoscaler_update_interval_s=1, auth={"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
+        setup_commands=[],
+        head_start_commands=[
+            "cluster stop",
+            f"{aws_env} cluster start --head --port=6379 --autoscaling-config=~/cluster_bootstrap.yaml"])
+    config["provider"].update(region=REGION, use_internal_ips=True, ssh_timeout_s=60)
+    config["provider"].pop("availability_zone", None)
+    for name, node_type in config["available_node_types"].items():
+        node_type["node_config"].update(ImageId=image, SubnetIds=[subnet])
+        node_type.pop("min_workers", None)
+    config["available_node_types"]["head"]["resources"] = {"CPU": 2}  # a 2-core test machine
+    path = tmp_path / "aws-gpu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+CPU_DRIVER = """import runtime as ray, os
+ray.init('auto')
+cpu = ray.remote(num_cpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
+print('cpu-on', sorted(set(ray.get([cpu.remote() for _ in range(2)]))))
+"""
+GPU_DRIVER = """import runtime as ray, os
+ray.init('auto')
+gpu = ray.remote(num_gpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
+print('gpu-on', sorted(set(ray.get([gpu.remote() for _ in range(2)], timeout=240))))
+"""
+
+
+def _kinds(client) -> list[tuple[str, str]]:
+    return sorted((t["node-kind"], t["node-type"]) for t in _live(client).values())
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+@pytest.fixture
+def cluster_cli(aws, tmp_path, ssh_key, moto_server):  # noqa: F811
+    """Runs `cluster VERB <the test config> ...` as a user would, with a private HOME."""
+    client, subnet, image = aws
+    path = _config(tmp_path, moto_server, subnet, image, ssh_key[0])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    env.update(HOME=str(tmp_path / "home"),
+               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
+
+    def cli(*args, timeout=300):
+        result = subprocess.run([CLUSTER, args[0], str(path), *args[1:]], env=env, text=True,
+                                capture_output=True, timeout=timeout, cwd=tmp_path)
+        print(result.stdout[-3000:], result.stderr[-3000:])
+        return result
+
+    yield cli
+    if _live(client):
+        cli("down", "-y")
+
+
+@pytest.fixture
+def watcher(aws, containers):  # noqa: F811
+    watcher = InstanceWatcher(aws[0], containers)
+    watcher.start()
+    yield watcher
+    watcher.done.set()
+    watcher.join(5)
+    assert not watcher.errors, watcher.errors
+
+
+def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
+        aws, cluster_cli, watcher, tmp_path):
+    client = aws[0]
+    up = cluster_cli("up", "-y")
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr
+    [(head, tags)] = _live(client).items()
+    assert tags["node-kind"] == "head" and tags["node-status"] == "up-to-date"
+    instance = client.describe_instances(InstanceIds=[head])["Reservations"][0]["Instances"][0]
+    assert instance["IamInstanceProfile"]["Arn"].endswith("cluster-launcher-head-v1")
+    again = cluster_cli("up", "-y")  # bootstrap reuses key, group, role: same launch hash
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
+
+    for name, driver in (("cpu.py", CPU_DRIVER), ("gpu.py", GPU_DRIVER)):
+        (tmp_path / name).write_text(driver)
+    run = cluster_cli("submit", str(tmp_path / "cpu.py"))
+    assert run.returncode == 0 and "cpu-on ['head']" in run.stdout, run.stdout + run.stderr
+    time.sleep(3)  # a few autoscaler ticks: CPU work launches no (GPU) worker
+    assert _kinds(client) == [("head", "head")]
+
+    run = cluster_cli("submit", str(tmp_path / "gpu.py"))
+    assert run.returncode == 0 and "gpu-on ['gpu']" in run.stdout, run.stdout + run.stderr
+    reservations = client.describe_instances(Filters=[
+        {"Name": "tag:node-kind", "Values": ["worker"]}])["Reservations"]
+    workers = [i for r in reservations for i in r["Instances"]]
+    assert {w["InstanceType"] for w in workers} == {"g5.xlarge"}
+    assert {w.get("InstanceLifecycle") for w in workers} == {"spot"}  # the config's spot option
+
+    _wait(lambda: _kinds(client) == [("head", "head")], 120, "idle GPU workers to be terminated")
+    down = cluster_cli("down", "-y")
+    assert down.returncode == 0, down.stderr
+    assert _live(client) == {}
+
+
+def test_cluster_up_with_missing_ami_fails_in_one_line_and_creates_nothing(aws, cluster_cli, tmp_path):
+    client = aws[0]
+    path = tmp_path / "aws-gpu.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["available_node_types"]["gpu"]["node_config"]["ImageId"] = "ami-0123456789abcdef0"
+    path.write_text(yaml.safe_dump(config))
+    up = cluster_cli("up", "-y")
+    assert up.returncode != 0 and len(up.stderr.strip().splitlines()) == 1, up.stderr
+    assert "available_node_types.gpu.node_config.ImageId: InvalidAMIID.NotFound" in up.stderr
+    assert client.describe_instances()["Reservations"] == []
+    assert all(g["GroupName"] == "default"
+               for g in client.describe_security_groups()["SecurityGroups"])
