@@ -99,7 +99,8 @@ class Reconciler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
-        self._installer = RuntimeInstaller(log.info) if self.provider.installs_runtime else None
+        self._installer = (RuntimeInstaller(log.info, self.provider.runtime_extras)
+                           if self.provider.installs_runtime else None)
         self._setups = ThreadPoolExecutor(MAX_PARALLEL_SETUPS, thread_name_prefix="setup")
 
     def tick(self) -> planner.Plan:

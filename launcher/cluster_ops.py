@@ -80,7 +80,8 @@ def _head_updater(provider, head, config, echo, tmp: str) -> NodeUpdater:
     files = {BOOTSTRAP_CONFIG_PATH: bootstrap}
     if config.auth.get("ssh_private_key"):
         files[BOOTSTRAP_KEY_PATH] = os.path.expanduser(config.auth["ssh_private_key"])
-    installer = RuntimeInstaller(echo) if provider.installs_runtime else None
+    installer = (RuntimeInstaller(echo, provider.runtime_extras) if provider.installs_runtime
+                 else None)
     return NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type,
                        env=node_env(config, config.head_node_type, head, provider.internal_ip(head),
                                     provider.internal_ip(head)),

@@ -17,13 +17,14 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from launcher.command_runner import CommandRunner
 from launcher.errors import LauncherError
@@ -73,6 +74,7 @@ def build_project_wheel(directory: Path) -> Path:
     version, tag = _version(), "py3-none-any"
     info = f"cluster_launcher-{version}.dist-info"
     metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {DISTRIBUTION}", f"Version: {version}"]
+                         + [f"Provides-Extra: {e}" for e in dist.metadata.get_all("Provides-Extra") or []]
                          + [f"Requires-Dist: {r}" for r in dist.requires or []]) + "\n"
     entry_points = "".join(f"[{group}]\n" + "".join(f"{e.name} = {e.value}\n" for e in dist.entry_points
                                                   if e.group == group)
@@ -95,9 +97,19 @@ def build_project_wheel(directory: Path) -> Path:
     return path
 
 
-def _download_dependencies(directory: Path, python: str, machine: str, echo) -> None:
-    requirements = [r for r in importlib.metadata.distribution(DISTRIBUTION).requires or []
-                    if "extra ==" not in r]
+def _requirements(extras: tuple) -> list[str]:
+    """The distribution's requirements, with those of the given extras (e.g. "aws": boto3)."""
+    wanted = []
+    for requirement in importlib.metadata.distribution(DISTRIBUTION).requires or []:
+        spec, _, marker = requirement.partition(";")
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        if extra is None or extra.group(1) in extras:
+            wanted.append(spec.strip())
+    return wanted
+
+
+def _download_dependencies(directory: Path, python: str, machine: str, extras: tuple, echo) -> None:
+    requirements = _requirements(extras)
     platforms = [f"--platform={p}_{machine}" for p in
                  ("manylinux_2_28", "manylinux_2_17", "manylinux2014", "manylinux_2_5", "manylinux1")]
     command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
@@ -110,25 +122,27 @@ def _download_dependencies(directory: Path, python: str, machine: str, echo) -> 
         raise RuntimeInstallFailed(f"pip download of the runtime's dependencies failed: {last}")
 
 
-def local_wheelhouse(python: str, machine: str, echo: Callable[[str], None]) -> Path:
+def local_wheelhouse(python: str, machine: str, extras: tuple, echo: Callable[[str], None]) -> Path:
     """A complete wheelhouse for nodes with that Python and CPU: the one shipped to this node if
     it matches (we are on a head), else built into the cache (reused until the project changes)."""
     shipped = Path.home() / NODE_DIR / "wheelhouse"
-    wanted = {"source": source_digest(), "python": python, "machine": machine}
+    flavour = "+".join(extras) or "core"
+    wanted = {"source": source_digest(), "python": python, "machine": machine, "extras": flavour}
     if _manifest_matches(shipped, wanted):
         return shipped
-    target = _cache_root() / "wheelhouse" / f"{python}-{machine}-{wanted['source']}"
+    target = _cache_root() / "wheelhouse" / f"{python}-{machine}-{flavour}-{wanted['source']}"
     if _manifest_matches(target, wanted):
         return target
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    dependencies = _cache_root() / "wheelhouse" / f"deps-{python}-{machine}"
-    if not _manifest_matches(dependencies, {"python": python, "machine": machine}):
-        _download_dependencies(staging, python, machine, echo)
+    dependencies = _cache_root() / "wheelhouse" / f"deps-{python}-{machine}-{flavour}"
+    deps_manifest = {"python": python, "machine": machine, "extras": flavour}
+    if not _manifest_matches(dependencies, deps_manifest):
+        _download_dependencies(staging, python, machine, extras, echo)
         shutil.rmtree(dependencies, ignore_errors=True)
         shutil.copytree(staging, dependencies)
-        (dependencies / MANIFEST).write_text(json.dumps({"python": python, "machine": machine}))
+        (dependencies / MANIFEST).write_text(json.dumps(deps_manifest))
     else:
         for wheel in dependencies.glob("*.whl"):
             shutil.copy2(wheel, staging)
@@ -157,14 +171,15 @@ def _wheels_digest(directory: Path) -> str:
 class RuntimeInstaller:
     """Installs the runtime on nodes over their command runners; one wheelhouse per node kind."""
 
-    def __init__(self, echo: Callable[[str], None] = lambda _: None):
+    def __init__(self, echo: Callable[[str], None] = lambda _: None, extras: Sequence[str] = ()):
         self._echo = echo
+        self._extras = tuple(sorted(extras))  # optional dependency groups, e.g. the cloud's SDK
         self._wheelhouses: dict[tuple, Path] = {}
         self._lock = threading.Lock()  # nodes are set up in parallel; build each wheelhouse once
 
     def version(self) -> str:
         """What is (to be) installed on the nodes: changes with the project's code."""
-        return source_digest()
+        return source_digest() + "".join(f"+{e}" for e in self._extras)
 
     def install(self, runner: CommandRunner, node_name: str,
                 on_output: Optional[Callable[[str], None]] = None) -> None:
@@ -176,7 +191,8 @@ class RuntimeInstaller:
         python, machine = probe.output_tail.split()[-2:]
         with self._lock:
             if (python, machine) not in self._wheelhouses:
-                self._wheelhouses[python, machine] = local_wheelhouse(python, machine, self._echo)
+                self._wheelhouses[python, machine] = local_wheelhouse(python, machine, self._extras,
+                                                                      self._echo)
             wheelhouse = self._wheelhouses[python, machine]
         digest = json.loads((wheelhouse / MANIFEST).read_text())["digest"]
         marker = f"{NODE_VENV}/.installed-{digest}"
@@ -185,7 +201,8 @@ class RuntimeInstaller:
         runner.put(str(wheelhouse), NODE_WHEELHOUSE)
         script = " && ".join([
             f"rm -rf {NODE_VENV}", f"python3 -m venv {NODE_VENV}",
-            f"{NODE_VENV}/bin/pip install --quiet --no-index --find-links {NODE_WHEELHOUSE} {DISTRIBUTION}",
+            f"{NODE_VENV}/bin/pip install --quiet --no-index --find-links {NODE_WHEELHOUSE} "
+            f"'{DISTRIBUTION}{'[' + ','.join(self._extras) + ']' if self._extras else ''}'",
             "mkdir -p ~/.local/bin",
             f"ln -sf {NODE_VENV}/bin/cluster ~/.local/bin/cluster",
             # a wrapper, not a symlink: Python finds its venv next to the path it was started by

@@ -22,6 +22,10 @@ class NodeProvider(abc.ABC):
     """Whether nodes need this project's runtime installed on them (not so when they share this
     machine's Python environment, as `local` nodes do)."""
 
+    runtime_extras: tuple = ()
+    """Optional dependency groups of this project the nodes need too (e.g. a cloud SDK for the
+    head's autoscaler), installed with the runtime."""
+
     def __init__(self, provider_config: Mapping, cluster_name: str, auth: Optional[Mapping] = None):
         self.provider_config = provider_config
         self.cluster_name = cluster_name
