@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -39,3 +42,37 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def two_node_cluster(mp: pytest.MonkeyPatch, home: Path, head_ip: str, worker_ip: str,
+                     head_resources: dict) -> Iterator[tuple]:
+    """A head and a worker ({"CPU": 2, "special": 1}: a resource only it has) on two loopback
+    addresses, with this process's driver connected to the head. Yields (head session, token);
+    on exit everything is stopped and checked dead by PID."""
+    import runtime as ray
+    from runtime import node
+
+    pids = []
+    mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "head"))
+    try:
+        head = node.start_head(free_port(head_ip), head_resources, ip=head_ip, node_id="head")
+        pids += head.pids.values()
+        token = (home / "head" / "token").read_text()
+        mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "worker"))
+        worker = node.start_worker(head.gcs_address, {"CPU": 2, "special": 1}, "cpu-2",
+                                   ip=worker_ip, node_id="worker", token=token)
+        pids += worker.pids.values()
+        mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "head"))
+        ray.init(address=head.gcs_address)
+        yield head, token
+    finally:
+        ray.shutdown()
+        node._kill_all({str(p): p for p in pids}, grace_s=3)
+    assert not [p for p in pids if pid_alive(p)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,44 +13,23 @@ import time
 import pytest
 
 import runtime as ray
-from runtime import node, rpc
+from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
-from tests.conftest import pid_alive
+from tests.conftest import pid_alive, two_node_cluster
 
 HEAD_IP, WORKER_IP = "127.0.3.11", "127.0.3.12"
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head with 2 CPUs and a worker with 2 CPUs and a resource only it has ("special")."""
     home = tmp_path_factory.mktemp("rt")
-    pids = []
     with pytest.MonkeyPatch.context() as mp:
         for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
             mp.delenv(key)
-        mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "head"))
-        try:
-            head = node.start_head(_free_port(HEAD_IP), {"CPU": 2}, ip=HEAD_IP, node_id="head")
-            pids += head.pids.values()
-            token = (home / "head" / "token").read_text()
-            mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "worker"))
-            worker = node.start_worker(head.gcs_address, {"CPU": 2, "special": 1}, "cpu-2",
-                                       ip=WORKER_IP, node_id="worker", token=token)
-            pids += worker.pids.values()
-            mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "head"))
-            ray.init(address=head.gcs_address)
-            yield head, token
-        finally:
-            ray.shutdown()
-            node._kill_all({str(p): p for p in pids}, grace_s=3)
-    assert not [p for p in pids if pid_alive(p)]
+        with two_node_cluster(mp, home, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
+            yield nodes
 
 
 @ray.remote

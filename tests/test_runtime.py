@@ -14,37 +14,16 @@ from runtime import node, rpc
 from runtime.errors import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
-from tests.conftest import pid_alive
+from tests.conftest import pid_alive, two_node_cluster
 
 HEAD_IP, WORKER_IP = "127.0.3.1", "127.0.3.2"
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def two_nodes(runtime_home, monkeypatch):
     """A head offering 1 CPU and a worker offering 2 CPUs and a custom resource."""
-    pids = []
-    monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "head"))
-    head = node.start_head(_free_port(HEAD_IP), {"CPU": 1}, ip=HEAD_IP, node_id="head")
-    pids += head.pids.values()
-    token = (runtime_home / "head" / "token").read_text()
-    monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "worker"))
-    try:
-        worker = node.start_worker(head.gcs_address, {"CPU": 2, "special": 1}, "cpu-2", ip=WORKER_IP,
-                                   node_id="worker", token=token)
-        pids += worker.pids.values()
-        monkeypatch.setenv("CLUSTER_RUNTIME_DIR", str(runtime_home / "head"))
-        ray.init(address=head.gcs_address)
-        yield head, token
-    finally:
-        ray.shutdown()
-        node._kill_all({str(p): p for p in pids}, grace_s=3)
-    assert not [p for p in pids if pid_alive(p)]
+    with two_node_cluster(monkeypatch, runtime_home, HEAD_IP, WORKER_IP, {"CPU": 1}) as cluster:
+        yield cluster
 
 
 @ray.remote(num_cpus=0)
