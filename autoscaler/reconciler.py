@@ -30,6 +30,7 @@ JOIN_TIMEOUT_S = 300.0  # a launched node that has not joined the runtime by the
 BACKOFF_S = 60.0  # a node type whose launch failed is not launched again for this long
 MAX_EVENTS = 30
 MAX_PARALLEL_SETUPS = 16  # nodes set up at once; more wait their turn
+DRAIN_SETTLE_S = 1.0  # a few heartbeats: work forwarded before a drain has shown up by then
 
 
 def planner_config(config, capped: Optional[Mapping[str, int]] = None) -> planner.PlannerConfig:
@@ -93,6 +94,7 @@ class Reconciler:
     head_ip: str
     token: str
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     _backoff_until: dict = field(default_factory=dict)
     _launched_at: dict = field(default_factory=dict)
@@ -114,11 +116,31 @@ class Reconciler:
         nodes = node_states(self.config, provider_nodes, gcs_nodes, now)
         config = planner_config(self.config, self._backed_off_caps(provider_nodes, now))
         plan = planner.plan(config, nodes, {}, demand_from(state), now)
-        self._terminate(plan.terminate, provider_nodes)
+        self._terminate(self._drained(plan.terminate, nodes), provider_nodes)
         for node_type, count in sorted(plan.launch.items()):
             self._launch(node_type, count, state)
         self._publish(provider_nodes, gcs_nodes, state, plan, now)
         return plan
+
+    def _drained(self, terminations, nodes: list) -> list:
+        """Idle nodes about to be removed are drained first: taken out of every node's view, so no
+        work is forwarded there, then checked again a few heartbeats later. One that got work in
+        the meantime stays; the rest may go."""
+        from runtime.generated import runtime_pb2 as pb
+
+        idle = {n.node_id for n in nodes if n.idle_since is not None and not n.launching}
+        draining = [node_id for node_id, _ in terminations if node_id in idle]
+        if not draining:
+            return list(terminations)
+        self.gcs.DrainNodes(pb.DrainRequest(node_ids=draining), timeout=10)
+        self.sleep(DRAIN_SETTLE_S)
+        state = self.gcs.GetClusterState(pb.Empty(), timeout=10)
+        busy = sorted(n.node_id for n in state.nodes if n.node_id in draining and n.idle_seconds < 0)
+        if busy:
+            self.gcs.DrainNodes(pb.DrainRequest(node_ids=busy, undrain=True), timeout=10)
+            for node_id in busy:
+                self._event(f"kept {node_id}: it got work while being drained")
+        return [(node_id, reason) for node_id, reason in terminations if node_id not in busy]
 
     def _backed_off_caps(self, provider_nodes: dict, now: float) -> dict:
         """Node types whose launches failed recently, capped at the count they have now."""

@@ -68,7 +68,16 @@ class GcsServicer(pb_grpc.GcsServicer):
             node.info.idle_seconds = request.idle_seconds
             node.demand = {shape_key(d.shape): d.count for d in request.demand}
             self._expire_nodes()
-            return pb.HeartbeatReply(nodes=[n.info for n in self._nodes.values()])
+            # draining nodes are left out: no node forwards work to one that is about to go
+            return pb.HeartbeatReply(nodes=[n.info for n in self._nodes.values() if not n.info.draining])
+
+    def DrainNodes(self, request, context):
+        """Before the autoscaler removes idle nodes: take them out of every node's view."""
+        with self._lock:
+            for node_id in request.node_ids:
+                if node_id in self._nodes:
+                    self._nodes[node_id].info.draining = not request.undrain
+        return pb.Empty()
 
     def GetClusterState(self, request, context):
         with self._lock:

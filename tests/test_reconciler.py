@@ -159,3 +159,38 @@ def test_nodes_not_yet_in_the_runtime_count_as_launching_capacity():
     provider_nodes = {"w1": {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2"}}
     [state] = node_states(CONFIG, provider_nodes, {}, now=5.0)
     assert state.launching and state.total == {"CPU": 2.0} and state.available == {"CPU": 2.0}
+
+
+def _register_idle_worker(stub, provider, node_id: str, idle_seconds: float):
+    provider.tags[node_id] = {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2",
+                              T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE}
+    stub.RegisterNode(pb.NodeInfo(node_id=node_id, address="127.0.0.1:2", ip="127.0.0.1",
+                                  node_type="cpu-2", total={"CPU": 2}))
+    stub.Heartbeat(pb.HeartbeatRequest(node_id=node_id, available={"CPU": 2},
+                                       idle_seconds=idle_seconds))
+
+
+def test_idle_worker_is_drained_from_every_view_then_removed(gcs_stub):
+    provider, clock = MemoryProvider(), [1000.0]
+    reconciler = _reconciler(gcs_stub, provider, clock)
+    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=120)
+    views = []
+    reconciler.sleep = lambda _: views.append(
+        [n.node_id for n in gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="head")).nodes])
+    plan = reconciler.tick()
+    assert [node_id for node_id, _ in plan.terminate] == ["w1"]
+    assert views == [["head"]]  # while draining, no node saw w1 to forward work to it
+    assert "w1" not in provider.tags
+
+
+def test_worker_that_gets_work_while_draining_is_kept(gcs_stub):
+    provider, clock = MemoryProvider(), [1000.0]
+    reconciler = _reconciler(gcs_stub, provider, clock)
+    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=120)
+    reconciler.sleep = lambda _: gcs_stub.Heartbeat(  # a task forwarded just before the drain
+        pb.HeartbeatRequest(node_id="w1", available={"CPU": 0}, idle_seconds=-1))
+    reconciler.tick()
+    assert "w1" in provider.tags
+    assert "kept w1: it got work while being drained" in reconciler.events[-1]["message"]
+    view = gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="head")).nodes
+    assert "w1" in [n.node_id for n in view]  # undrained: it may take work again

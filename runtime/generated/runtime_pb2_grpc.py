@@ -89,6 +89,11 @@ class GcsStub:
                 request_serializer=runtime__pb2.ActorRequest.SerializeToString,
                 response_deserializer=runtime__pb2.ActorReply.FromString,
                 _registered_method=True)
+        self.DrainNodes = channel.unary_unary(
+                '/clusterrt.Gcs/DrainNodes',
+                request_serializer=runtime__pb2.DrainRequest.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class GcsServicer:
@@ -161,6 +166,12 @@ class GcsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +229,11 @@ def add_GcsServicer_to_server(servicer, server):
                     servicer.GetActor,
                     request_deserializer=runtime__pb2.ActorRequest.FromString,
                     response_serializer=runtime__pb2.ActorReply.SerializeToString,
+            ),
+            'DrainNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNodes,
+                    request_deserializer=runtime__pb2.DrainRequest.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +533,33 @@ class Gcs:
             '/clusterrt.Gcs/GetActor',
             runtime__pb2.ActorRequest.SerializeToString,
             runtime__pb2.ActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/DrainNodes',
+            runtime__pb2.DrainRequest.SerializeToString,
+            runtime__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
