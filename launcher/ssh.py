@@ -266,3 +266,39 @@ class SSHCommandRunner(CommandRunner):
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
+
+
+KNOWN_HOSTS_DIR = "~/.cluster-launcher/known_hosts"
+
+
+def known_hosts_path(cluster_name: str) -> str:
+    """Per-cluster known_hosts: a replaced machine in one cluster never affects another."""
+    return os.path.join(os.path.expanduser(KNOWN_HOSTS_DIR), cluster_name)
+
+
+class SSHRunners:
+    """One persistent runner per node, built from the cluster's `auth`: what every provider whose
+    nodes are reached over SSH hands out from command_runner()."""
+
+    def __init__(self, cluster_name: str, auth: Mapping):
+        self._cluster_name = cluster_name
+        self._auth = auth
+        self._runners: dict[str, SSHCommandRunner] = {}
+        self._lock = threading.Lock()
+
+    def get(self, node_id: str, host: str, key_path: str, node_name: str) -> SSHCommandRunner:
+        with self._lock:
+            if node_id not in self._runners:
+                self._runners[node_id] = SSHCommandRunner(SSHTarget(
+                    host=host, user=self._auth.get("ssh_user", "ubuntu"),
+                    key_path=os.path.expanduser(key_path),
+                    known_hosts=known_hosts_path(self._cluster_name),
+                    proxy_command=self._auth.get("ssh_proxy_command"), node_name=node_name))
+            return self._runners[node_id]
+
+    def close(self, node_id: str) -> None:
+        """Drop the node's connection (it is being terminated)."""
+        with self._lock:
+            runner = self._runners.pop(node_id, None)
+        if runner is not None:
+            runner.close()

@@ -24,7 +24,7 @@ from launcher import tags as T
 from launcher.errors import CapacityError, ProviderError
 from launcher.providers.aws_catalog import aws_call, ec2_client
 from launcher.providers.base import NodeProvider
-from launcher.providers.ssh import known_hosts_path
+from launcher.ssh import SSHRunners
 
 LIVE_STATES = ["pending", "running"]
 TERMINATE_CHUNK = 1000  # TerminateInstances/StopInstances take at most 1000 ids per call
@@ -40,7 +40,7 @@ class AWSNodeProvider(NodeProvider):
         self.use_internal_ips = bool(provider_config.get("use_internal_ips", False))
         self._ec2 = None
         self._instances: dict[str, dict] = {}  # id -> last describe result (tags as a dict)
-        self._runners: dict[str, object] = {}
+        self._runners = SSHRunners(cluster_name, self.auth)
         self._lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep  # throttling backoff; tests replace it
 
@@ -179,7 +179,7 @@ class AWSNodeProvider(NodeProvider):
         `cluster down`, which terminates the head first) the cache is useless, so the cluster's
         stopped instances are terminated too."""
         for node_id in node_ids:
-            self._close_runner(node_id)
+            self._runners.close(node_id)
         every_state = ["pending", "running", "stopping", "stopped"]
         known = self._describe([{"Name": "instance-id", "Values": list(node_ids)}],
                                states=every_state) if node_ids else []
@@ -213,8 +213,6 @@ class AWSNodeProvider(NodeProvider):
     # --- reaching nodes ------------------------------------------------------------------------
 
     def command_runner(self, node_id: str):
-        from launcher.ssh import SSHCommandRunner, SSHTarget
-
         internal = self.use_internal_ips or "CLUSTER_NODE_ID" in os.environ
         host = self.internal_ip(node_id) if internal else \
             self._with_ip(node_id, "PublicIpAddress", attempts=30)  # assigned soon after launch
@@ -222,15 +220,7 @@ class AWSNodeProvider(NodeProvider):
             raise ProviderError(f"{node_id} has no public IP; set provider.use_internal_ips: true "
                                 "and run from inside the VPC, or use subnets that assign "
                                 "public IPs")
-        with self._lock:
-            if node_id not in self._runners:
-                self._runners[node_id] = SSHCommandRunner(SSHTarget(
-                    host=host, user=self.auth.get("ssh_user", "ubuntu"),
-                    key_path=os.path.expanduser(self._key_path()),
-                    known_hosts=known_hosts_path(self.cluster_name),
-                    proxy_command=self.auth.get("ssh_proxy_command"),
-                    node_name=f"{node_id} ({host})"))
-            return self._runners[node_id]
+        return self._runners.get(node_id, host, self._key_path(), f"{node_id} ({host})")
 
     def _key_path(self) -> str:
         """auth.ssh_private_key, else the region's key pair file bootstrap created."""
@@ -238,12 +228,6 @@ class AWSNodeProvider(NodeProvider):
 
         name = self.provider_config.get("key_pair_name", f"cluster-launcher_{self.region}")
         return self.auth.get("ssh_private_key") or os.path.join(KEY_DIR, f"{name}.pem")
-
-    def _close_runner(self, node_id: str) -> None:
-        with self._lock:
-            runner = self._runners.pop(node_id, None)
-        if runner is not None:
-            runner.close()
 
 
 def _is_spot(node_config: Mapping) -> bool:

@@ -12,22 +12,14 @@ import inspect
 import json
 import os
 import shlex
-import threading
 from typing import Callable, Mapping, Optional, Sequence
 
 from launcher import tags as T
 from launcher.errors import CapacityError, ProviderError
 from launcher.providers import ssh_claims
 from launcher.providers.base import NodeProvider
+from launcher.ssh import SSHCommandRunner, SSHRunners
 from launcher.updater import ssh_timeout_s
-
-KNOWN_HOSTS_DIR = "~/.cluster-launcher/known_hosts"
-
-
-def known_hosts_path(cluster_name: str) -> str:
-    """Per-cluster known_hosts: a replaced machine in one cluster never affects another."""
-    return os.path.join(os.path.expanduser(KNOWN_HOSTS_DIR), cluster_name)
-
 
 class SSHNodeProvider(NodeProvider):
     def __init__(self, provider_config: Mapping, cluster_name: str, auth: Optional[Mapping] = None):
@@ -37,8 +29,7 @@ class SSHNodeProvider(NodeProvider):
         self._state_path = f"~/.cluster/ssh-claims-{cluster_name}.json"
         # processes on the head (the autoscaler) were started with the head's node id
         self._on_head = os.environ.get("CLUSTER_NODE_ID") == self.head_ip
-        self._runners: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._runners = SSHRunners(cluster_name, self.auth)
 
     def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
         """The head host keeps the cluster's claims: wait until it answers SSH (it may be booting)."""
@@ -98,7 +89,7 @@ class SSHNodeProvider(NodeProvider):
                     "command -v cluster >/dev/null && cluster stop || true", timeout=60)
             except Exception:  # an unreachable host is released all the same
                 pass
-            self._close_runner(node_id)
+            self._runners.close(node_id)
         self._claims({"op": "release", "ips": list(node_ids)})
 
     def set_tags(self, node_id: str, tags: Mapping[str, str]) -> None:
@@ -110,22 +101,5 @@ class SSHNodeProvider(NodeProvider):
     def external_ip(self, node_id: str) -> Optional[str]:
         return node_id
 
-    def command_runner(self, node_id: str):
-        from launcher.ssh import SSHCommandRunner, SSHTarget
-
-        with self._lock:
-            if node_id not in self._runners:
-                target = SSHTarget(
-                    host=node_id, user=self.auth["ssh_user"],
-                    key_path=os.path.expanduser(self.auth["ssh_private_key"]),
-                    known_hosts=known_hosts_path(self.cluster_name),
-                    proxy_command=self.auth.get("ssh_proxy_command"),
-                    node_name=f"host {node_id}")
-                self._runners[node_id] = SSHCommandRunner(target)
-            return self._runners[node_id]
-
-    def _close_runner(self, node_id: str) -> None:
-        with self._lock:
-            runner = self._runners.pop(node_id, None)
-        if runner is not None:
-            runner.close()
+    def command_runner(self, node_id: str) -> SSHCommandRunner:
+        return self._runners.get(node_id, node_id, self.auth["ssh_private_key"], f"host {node_id}")
