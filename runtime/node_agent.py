@@ -93,6 +93,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
+        self._report_now = threading.Event()  # wakes the heartbeat before its period is up
         self._gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agent-io")
@@ -124,6 +125,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def stop(self) -> None:
         self._stopping.set()
+        self._report_now.set()
         self.pool.shutdown()
         try:
             self._gcs.UnregisterNode(pb.NodeIdRequest(node_id=self.node_id), timeout=2)
@@ -271,6 +273,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._update_idle()
         for task in to_run:
             self._io.submit(self._run, task)
+        if to_spill:
+            # The forwarded work leaves this node's demand now, before the target reports it as
+            # used: otherwise the GCS would count it twice for a heartbeat, as queued here and as
+            # running there, and the autoscaler would launch a node for work that already has one.
+            self._report_now.set()
         for address, task in to_spill:
             self._io.submit(self._spill, address, task)
 
@@ -493,7 +500,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     # ------------------------------------------------------------------ background loops
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(HEARTBEAT_S):
+        while True:
+            self._report_now.wait(HEARTBEAT_S)
+            self._report_now.clear()
+            if self._stopping.is_set():
+                return
             with self._lock:
                 idle = -1.0 if self._idle_since is None else time.monotonic() - self._idle_since
                 request = pb.HeartbeatRequest(node_id=self.node_id, available=self.available,

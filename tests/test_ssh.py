@@ -282,7 +282,7 @@ CONNECT_FAILURES = [
      r"answer: node still booting\?\)"),
     ("proxy-not-found", SSHUnreachable,
      r"proxy command `/nonexistent/proxy 127\.0\.0\.\d+ 22` exited with code 127: "
-     r".*No such file or directory"),
+     r".*(No such file or directory|not found)"),  # bash | dash as /bin/sh
     ("proxy-cannot-connect", SSHUnreachable,
      r"proxy command `.* relay 127\.0\.0\.\d+ 22` exited with code 1: relay: cannot connect to "
      r"127\.0\.0\.\d+:22: \[Errno 111\] Connection refused"),
