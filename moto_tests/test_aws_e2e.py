@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import requests
 import yaml
 
 from moto_tests.conftest import REGION, SAFE_ENV, assert_loopback_url
-from tests.harness.containers import assert_loopback, containers, ssh_key  # noqa: F401
+from tests.harness.containers import containers, ssh_key  # noqa: F401
+from tests.harness.instances import InstanceWatcher, wait_until
 
 CLUSTER = str(Path(sys.executable).parent / "cluster")
 
@@ -59,31 +59,10 @@ def aws(moto_server, monkeypatch):
     return client, subnet, image
 
 
-class InstanceWatcher(threading.Thread):
-    """Boots a container node on each running instance's IP; powers it off once it is gone."""
-
-    def __init__(self, client, containers):  # noqa: F811
-        super().__init__(daemon=True)
-        self.client, self.containers, self.nodes, self.errors = client, containers, {}, []
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.wait(0.5):
-            try:
-                self._sync()
-            except Exception as exc:  # reported by the test, which owns the failure
-                self.errors.append(repr(exc))
-
-    def _sync(self):
-        states = {i["InstanceId"]: (i["State"]["Name"], i.get("PrivateIpAddress"))
-                  for r in self.client.describe_instances()["Reservations"] for i in r["Instances"]}
-        live = {i: ip for i, (state, ip) in states.items() if state in ("pending", "running")}
-        for instance in [i for i in self.nodes if i not in live]:  # first: an IP may be reused
-            self.nodes.pop(instance).stop()
-        for instance, ip in live.items():
-            if instance not in self.nodes and ip:
-                assert_loopback(ip)
-                self.nodes[instance] = self.containers.start(ip)
+def _instance_ips(client) -> dict:
+    return {i["InstanceId"]: i.get("PrivateIpAddress")
+            for r in client.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] in ("pending", "running")}
 
 
 def _live(client) -> dict:
@@ -132,13 +111,6 @@ def _kinds(client) -> list[tuple[str, str]]:
     return sorted((t["node-kind"], t["node-type"]) for t in _live(client).values())
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-
-
 @pytest.fixture
 def cluster_cli(aws, tmp_path, ssh_key, moto_server):  # noqa: F811
     """Runs `cluster VERB <the test config> ...` as a user would, with a private HOME."""
@@ -161,12 +133,10 @@ def cluster_cli(aws, tmp_path, ssh_key, moto_server):  # noqa: F811
 
 @pytest.fixture
 def watcher(aws, containers):  # noqa: F811
-    watcher = InstanceWatcher(aws[0], containers)
+    watcher = InstanceWatcher(lambda: _instance_ips(aws[0]), containers)
     watcher.start()
     yield watcher
-    watcher.done.set()
-    watcher.join(5)
-    assert not watcher.errors, watcher.errors
+    watcher.stop()
 
 
 def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
@@ -196,7 +166,7 @@ def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
     assert {w["InstanceType"] for w in workers} == {"g5.xlarge"}
     assert {w.get("InstanceLifecycle") for w in workers} == {"spot"}  # the config's spot option
 
-    _wait(lambda: _kinds(client) == [("head", "head")], 120, "idle GPU workers to be terminated")
+    wait_until(lambda: _kinds(client) == [("head", "head")], 120, "idle GPU workers to be terminated")
     down = cluster_cli("down", "-y")
     assert down.returncode == 0, down.stderr
     assert _live(client) == {}
