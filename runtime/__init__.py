@@ -10,6 +10,7 @@ from runtime.api import (
     cluster_resources,
     get,
     get_actor,
+    get_gpu_ids,
     init,
     is_initialized,
     kill,
@@ -24,6 +25,6 @@ from runtime.serialization import ObjectRef
 
 __all__ = [
     "ActorClass", "ActorDiedError", "ActorHandle", "GetTimeoutError", "ObjectRef", "TaskError",
-    "WorkerCrashedError", "available_resources", "cluster_resources", "get", "get_actor", "init",
-    "is_initialized", "kill", "nodes", "put", "remote", "shutdown", "wait",
+    "WorkerCrashedError", "available_resources", "cluster_resources", "get", "get_actor",
+    "get_gpu_ids", "init", "is_initialized", "kill", "nodes", "put", "remote", "shutdown", "wait",
 ]

@@ -499,6 +499,21 @@ def _make_remote(target, options):
     return RemoteFunction(target, **options)
 
 
+_gpu_ids: list = []  # the GPU devices of the task or actor this worker runs
+
+
+def set_gpu_ids(ids: Sequence[str]) -> None:
+    """Called by the worker before each task: the devices the node agent gave it."""
+    global _gpu_ids
+    _gpu_ids = [int(i) if i.isdigit() else i for i in ids]
+
+
+def get_gpu_ids() -> list:
+    """The GPU ids the current task or actor may use (as in its CUDA_VISIBLE_DEVICES); [] in a
+    driver and in work that asked for no GPUs."""
+    return list(_gpu_ids)
+
+
 def get_actor(name: str, namespace: Optional[str] = None) -> ActorHandle:
     """The handle of a live named actor."""
     namespace = namespace or DEFAULT_NAMESPACE

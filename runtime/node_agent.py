@@ -21,9 +21,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 from runtime import rpc
 from runtime.errors import ActorDiedError, WorkerCrashedError
+from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_store import ObjectStore
@@ -46,6 +48,7 @@ class _Task:
     need: dict
     missing: set
     key: tuple = ()  # shape_key(need), computed once
+    gpu_ids: Optional[list] = None  # the devices it got here; None on a node without GPUs
 
 
 def return_ids(spec: pb.TaskSpec) -> list:
@@ -60,6 +63,7 @@ class _Actor:
         self.actor_id = creation.actor_id
         self.label = creation.name
         self.hold = hold
+        self.gpu_ids: Optional[list] = None  # the devices it holds while alive
         self.worker = None
         self.queue: deque[_Task] = deque()  # accepted, not yet sent to the worker
         self.inflight: dict[str, _Task] = {}  # sent, no result yet
@@ -79,6 +83,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.is_head = is_head
         self.total = dict(resources)
         self.available = dict(resources)
+        gpu_count = int(resources.get("GPU", 0))
+        self._gpus = GpuSlots(visible_gpu_ids(gpu_count)) if gpu_count else None
         self.address = ""  # host:port, known once the server is bound
         self._token = token
         self._lock = threading.RLock()
@@ -257,11 +263,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     no_room.add(key)
                 if target is self:
                     if task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
-                        hold = dict(task.spec.hold_resources)
-                        subtract(self.available, hold)
-                        self._actors[task.spec.actor_id] = _Actor(task.spec, hold)
+                        actor = _Actor(task.spec, dict(task.spec.hold_resources))
+                        actor.gpu_ids = self._claim(actor.hold)
+                        self._actors[task.spec.actor_id] = actor
                     else:
-                        subtract(self.available, task.need)
+                        task.gpu_ids = self._claim(task.need)
                         self._running[task.spec.task_id] = task
                     to_run.append(task)
                 elif target is None:
@@ -294,22 +300,41 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             cpu_only = [n for n in room if n.total.get("GPU", 0) <= 0]
             if cpu_only and self.total.get("GPU", 0) > 0:
                 return max(cpu_only, key=_spare_cpu)
-        if fits(task.need, self.available):
+        if fits(task.need, self.available) and self._gpus_free_for(task):
             return self
         if room:
             return max(room, key=lambda n: (needs_gpu or n.total.get("GPU", 0) <= 0, *_spare_cpu(n)))
         return None
 
-    def _message(self, spec: pb.TaskSpec) -> bytes:
+    def _gpus_free_for(self, task: _Task) -> bool:
+        """Whether the GPU count that fits is also free as devices (fractions may fragment them)."""
+        if self._gpus is None:
+            return True
+        held = task.spec.hold_resources if task.spec.kind == pb.TaskSpec.ACTOR_CREATION else task.need
+        return self._gpus.can_allocate(held.get("GPU", 0))
+
+    def _claim(self, need: dict) -> Optional[list]:
+        """Take `need` from the free resources; the GPU devices it gets (None without GPUs)."""
+        subtract(self.available, need)
+        return self._gpus.allocate(need.get("GPU", 0)) if self._gpus is not None else None
+
+    def _release(self, need: dict, gpu_ids: Optional[list]) -> None:
+        add(self.available, need)
+        if gpu_ids:
+            self._gpus.release(gpu_ids, need.get("GPU", 0))
+
+    def _message(self, spec: pb.TaskSpec, gpu_ids: Optional[list]) -> bytes:
+        """What a worker gets: the spec, its dependencies' values, and the GPU devices it may see
+        (None: leave CUDA_VISIBLE_DEVICES as it is, on a node without GPUs)."""
         dependencies = {d: self.store.get(d) for d in spec.dependencies}
-        return pickle.dumps((spec.SerializeToString(), dependencies), protocol=5)
+        return pickle.dumps((spec.SerializeToString(), dependencies, gpu_ids), protocol=5)
 
     def _run(self, task: _Task) -> None:
         spec = task.spec
         if spec.kind == pb.TaskSpec.ACTOR_CREATION:
             self._start_actor(self._actors[spec.actor_id])
             return
-        self.pool.dispatch(spec.task_id, self._message(spec))
+        self.pool.dispatch(spec.task_id, self._message(spec, task.gpu_ids))
 
     # ------------------------------------------------------------------ actors
     def _start_actor(self, actor: _Actor) -> None:
@@ -320,7 +345,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 actor.worker = worker
             with self._lock:
                 self._actor_calls[actor.creation.task_id] = actor
-            worker.send(self._message(actor.creation))
+            worker.send(self._message(actor.creation, actor.gpu_ids))
         record = self._publish_actor(actor, "ALIVE")
         if record is not None and record.state == "DEAD":  # killed while it waited to be placed
             with self._lock:
@@ -380,7 +405,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     batch.append(task)
                 self._update_idle()
             for task in batch:
-                worker.send(self._message(task.spec))
+                worker.send(self._message(task.spec, actor.gpu_ids))
 
     def _actor_worker_exited(self, actor: _Actor, worker) -> None:
         code = worker.process.returncode
@@ -404,7 +429,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 actor.dead = cause
                 lost += list(actor.queue)
                 actor.queue.clear()
-                add(self.available, actor.hold)
+                self._release(actor.hold, actor.gpu_ids)
             self._update_idle()
         for task in lost:
             error = ActorDiedError(actor.label, cause)
@@ -452,7 +477,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             else:
                 task = self._running.pop(task_id, None)
                 if task is not None:
-                    add(self.available, task.need)
+                    self._release(task.need, task.gpu_ids)
         if task is not None:
             self._store_results(task.spec, results)
         if actor is None:
@@ -466,7 +491,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             spec = task.spec
             if not self._stopping.is_set() and (spec.max_retries < 0 or spec.attempt < spec.max_retries):
                 del self._running[task_id]
-                add(self.available, task.need)
+                self._release(task.need, task.gpu_ids)
                 spec.attempt += 1
                 log.info("retrying task %s (attempt %d): its worker (pid %d) exited with code %s",
                          spec.name, spec.attempt, pid, returncode)

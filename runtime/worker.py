@@ -70,8 +70,11 @@ def main() -> None:
             message = conn.recv_bytes()
         except EOFError:
             os._exit(0)  # the agent went away
-        spec_bytes, dependencies = pickle.loads(message)
+        spec_bytes, dependencies, gpu_ids = pickle.loads(message)
         spec = pb.TaskSpec.FromString(spec_bytes)
+        if gpu_ids is not None:  # a GPU node: the task sees its own devices and no others
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+            api.set_gpu_ids(gpu_ids)
         result = run_task(spec, dependencies)
         conn.send_bytes(pickle.dumps(("result", spec.task_id, result), protocol=5))
 
