@@ -81,8 +81,14 @@ def node_states(config, provider_nodes: dict, gcs_nodes: dict, now: float) -> li
 
 
 def demand_from(cluster_state) -> planner.Demand:
+    """The GCS's view of what waits: queued work by shape, placement groups not placed yet, and
+    the bundles request_resources() asked room for."""
     return planner.Demand(
-        tasks=tuple(planner.ResourceDemand(dict(d.shape), d.count) for d in cluster_state.demand)
+        tasks=tuple(planner.ResourceDemand(dict(d.shape), d.count) for d in cluster_state.demand),
+        placement_groups=tuple(
+            planner.PlacementGroupDemand(tuple(dict(b.resources) for b in g.bundles), g.strategy)
+            for g in cluster_state.pending_placement_groups),
+        requested=tuple(dict(b.resources) for b in cluster_state.requested),
     )
 
 

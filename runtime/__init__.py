@@ -17,14 +17,21 @@ from runtime.api import (
     nodes,
     put,
     remote,
+    request_resources,
     shutdown,
     wait,
 )
+from runtime import util
+from runtime.util import (get_placement_group, placement_group, placement_group_table,
+                          remove_placement_group)
+from runtime.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from runtime.errors import ActorDiedError, GetTimeoutError, TaskError, WorkerCrashedError
 from runtime.serialization import ObjectRef
 
 __all__ = [
-    "ActorClass", "ActorDiedError", "ActorHandle", "GetTimeoutError", "ObjectRef", "TaskError",
-    "WorkerCrashedError", "available_resources", "cluster_resources", "get", "get_actor",
-    "get_gpu_ids", "init", "is_initialized", "kill", "nodes", "put", "remote", "shutdown", "wait",
+    "ActorClass", "ActorDiedError", "ActorHandle", "GetTimeoutError", "ObjectRef",
+    "PlacementGroupSchedulingStrategy", "TaskError", "WorkerCrashedError", "available_resources",
+    "cluster_resources", "get", "get_actor", "get_gpu_ids", "get_placement_group", "init",
+    "is_initialized", "kill", "nodes", "placement_group", "placement_group_table", "put", "remote",
+    "remove_placement_group", "request_resources", "shutdown", "util", "wait",
 ]

@@ -24,6 +24,7 @@ from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 import grpc
 
+from runtime.placement import scheduled_need
 from runtime.serialization import ObjectRef, dumps_args, dumps_task_error, dumps_value, loads
 from runtime.session import TOKEN_ENV, read_session, read_token
 
@@ -43,6 +44,7 @@ class _Client:
         self.task_sender = _ActorSender(self, "", "tasks", fixed_address=agent_address)
         self.is_driver = True  # False in worker processes
         self.owned_actors: list[str] = []  # non-detached actors this driver created: killed at shutdown
+        self.owned_placement_groups: list[str] = []  # likewise removed at shutdown
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._lock = threading.Lock()
 
@@ -297,11 +299,13 @@ def shutdown() -> None:
         for sender in senders:
             sender.flush(timeout=5.0)
         if client.local_node is None:  # a driver's non-detached actors go with it, as in Ray
-            for actor_id in client.owned_actors:
-                try:
+            try:
+                for actor_id in client.owned_actors:
                     _kill(client, actor_id, "its driver exited")
-                except Exception:  # the cluster may be gone already
-                    pass
+                for pg_id in client.owned_placement_groups:
+                    client.gcs.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id=pg_id), timeout=10)
+            except Exception:  # the cluster may be gone already
+                pass
     if client is not None and client.local_node is not None:
         client.local_node.stop()
 
@@ -310,6 +314,16 @@ def _resource_dict(num_cpus, num_gpus, resources) -> dict:
     need = {"CPU": float(num_cpus or 0), "GPU": float(num_gpus or 0),
             **{k: float(v) for k, v in (resources or {}).items()}}
     return {k: v for k, v in need.items() if v > 0}
+
+
+def request_resources(num_cpus: Optional[int] = None,
+                      bundles: Optional[Sequence[dict]] = None) -> None:
+    """Ask the autoscaler to keep room for `num_cpus` 1-CPU bundles plus `bundles` at once,
+    whatever the queued work; each call replaces the last (request_resources() clears it)."""
+    shapes = [{"CPU": 1.0}] * int(num_cpus or 0) + [
+        {k: float(v) for k, v in b.items()} for b in bundles or ()]
+    _connected().gcs.RequestResources(
+        pb.ResourceRequest(bundles=[pb.Bundle(resources=s) for s in shapes]), timeout=30)
 
 
 def _return_ids(task_id: str, num_returns: int) -> list:
@@ -328,13 +342,18 @@ class RemoteFunction:
     """A function that runs as a task somewhere in the cluster: call it with `.remote(...)`."""
 
     def __init__(self, function, num_cpus=1, num_gpus=0, resources=None, name=None, num_returns=1,
-                 max_retries=3, retry_exceptions=False):
+                 max_retries=3, retry_exceptions=False, placement_group=None,
+                 placement_group_bundle_index=-1, scheduling_strategy=None,
+                 placement_group_capture_child_tasks=False):
         self._function = function
         self._name = name or getattr(function, "__qualname__", "task")
-        self._resources = _resource_dict(num_cpus, num_gpus, resources)
         self._options = dict(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, name=name,
                              num_returns=num_returns, max_retries=max_retries,
-                             retry_exceptions=retry_exceptions)
+                             retry_exceptions=retry_exceptions, placement_group=placement_group,
+                             placement_group_bundle_index=placement_group_bundle_index,
+                             scheduling_strategy=scheduling_strategy,
+                             placement_group_capture_child_tasks=placement_group_capture_child_tasks)
+        self._resources = scheduled_need(_resource_dict(num_cpus, num_gpus, resources), self._options)
         self._function_id: Optional[str] = None
         self._exported_by: Optional[_Client] = None
 
@@ -376,7 +395,9 @@ class ActorClass:
     """
 
     _OPTIONS = ("num_cpus", "num_gpus", "resources", "name", "namespace", "lifetime", "max_restarts",
-                "get_if_exists", "max_concurrency", "max_task_retries")
+                "get_if_exists", "max_concurrency", "max_task_retries", "placement_group",
+                "placement_group_bundle_index", "scheduling_strategy",
+                "placement_group_capture_child_tasks")
 
     def __init__(self, cls, **options):
         self._cls = cls
@@ -405,6 +426,7 @@ class ActorClass:
         class_name = self._cls.__name__
         hold = _resource_dict(o.get("num_cpus"), o.get("num_gpus"), o.get("resources"))
         place = dict(hold) if o.get("num_cpus") is not None else {**hold, "CPU": 1.0}
+        hold, place = scheduled_need(hold, o), scheduled_need(place, o)
         actor_id = uuid.uuid4().hex
         name = o.get("name") or ""
         namespace = o.get("namespace") or DEFAULT_NAMESPACE

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
+from runtime.gcs_placement_groups import PlacementGroupTable
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.resources import shape_key
 
@@ -33,7 +34,7 @@ class _Node:
 
 
 class GcsServicer(pb_grpc.GcsServicer):
-    def __init__(self, node_timeout_s: float = NODE_TIMEOUT_S):
+    def __init__(self, token: str, node_timeout_s: float = NODE_TIMEOUT_S):
         self._lock = threading.Condition()
         self._nodes: dict[str, _Node] = {}
         self._kv: dict[str, bytes] = {}
@@ -41,6 +42,8 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._node_timeout_s = node_timeout_s
         self._actors: dict[str, pb.ActorInfo] = {}
         self._actor_names: dict[tuple, str] = {}  # (namespace, name) -> actor id, while not DEAD
+        self._requested: list = []  # request_resources() bundles
+        self._groups = PlacementGroupTable(self._lock, self._free_resources, token)
 
     # -- nodes
     def RegisterNode(self, request, context):
@@ -88,7 +91,48 @@ class GcsServicer(pb_grpc.GcsServicer):
                     totals[key] += count
             demand = [pb.ShapeCount(shape=dict(key), count=c) for key, c in sorted(totals.items())]
             return pb.ClusterState(nodes=[n.info for n in self._nodes.values()], demand=demand,
-                                   timestamp=time.time())
+                                   timestamp=time.time(),
+                                   pending_placement_groups=self._groups.pending(),
+                                   requested=self._requested)
+
+    def RequestResources(self, request, context):
+        with self._lock:
+            self._requested = list(request.bundles)
+        return pb.Empty()
+
+    def _free_resources(self) -> dict:
+        """node id -> (agent address, free resources), for placing bundles: draining nodes left out."""
+        self._expire_nodes()
+        return {node_id: (n.info.address, n.info.available)
+                for node_id, n in self._nodes.items() if not n.info.draining}
+
+    # -- placement groups (runtime.gcs_placement_groups)
+    def CreatePlacementGroup(self, request, context):
+        with self._lock:
+            return self._groups.create(request)
+
+    def RemovePlacementGroup(self, request, context):
+        with self._lock:
+            return self._groups.remove(request)
+
+    def GetPlacementGroup(self, request, context):
+        with self._lock:
+            info = self._groups.find(request)
+            return pb.PlacementGroupReply(found=info is not None, info=info)
+
+    def WaitPlacementGroup(self, request, context):
+        deadline = time.monotonic() + max(0.0, request.timeout)
+        with self._lock:
+            while True:
+                info = self._groups.find(request)
+                remaining = deadline - time.monotonic()
+                if info is None or info.state != "PENDING" or remaining <= 0 or not context.is_active():
+                    return pb.PlacementGroupReply(found=info is not None, info=info)
+                self._lock.wait(min(remaining, 1.0))
+
+    def ListPlacementGroups(self, request, context):
+        with self._lock:
+            return pb.PlacementGroupList(groups=self._groups.listing())
 
     def _expire_nodes(self):
         deadline = time.monotonic() - self._node_timeout_s
@@ -104,6 +148,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         for info in self._actors.values():
             if info.node_id == node_id and info.state != "DEAD":
                 self._set_dead(info, f"its node {node_id} died ({why})")
+        self._groups.node_died(node_id)
 
     # -- actors
     def _set_dead(self, info, cause: str):
@@ -199,7 +244,7 @@ class GcsServicer(pb_grpc.GcsServicer):
 def serve(ip: str, port: int, token: str) -> tuple:
     """Start a GCS server on ip:port; returns (server, bound port)."""
     server = rpc.make_server(token, max_workers=64)
-    pb_grpc.add_GcsServicer_to_server(GcsServicer(), server)
+    pb_grpc.add_GcsServicer_to_server(GcsServicer(token), server)
     bound = server.add_insecure_port(f"{ip}:{port}")
     if bound == 0:
         raise OSError(f"GCS cannot listen on {ip}:{port} (address in use?)")

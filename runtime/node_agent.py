@@ -29,6 +29,7 @@ from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_store import ObjectStore
+from runtime.placement import bundle_resources, is_group_resource, plain_amount
 from runtime.resources import add, fits, shape_key, subtract
 from runtime.serialization import dumps_task_error
 from runtime.session import TOKEN_ENV, logs_dir
@@ -97,6 +98,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._expected: set[str] = set()  # return ids of work accepted here: never looked up
         self._awaited: set[str] = set()  # expected ids a get/wait here skipped looking up
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
+        self._bundles: dict[tuple, dict] = {}  # (pg id, bundle index) -> resources reserved here
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
@@ -311,17 +313,73 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         if self._gpus is None:
             return True
         held = task.spec.hold_resources if task.spec.kind == pb.TaskSpec.ACTOR_CREATION else task.need
-        return self._gpus.can_allocate(held.get("GPU", 0))
+        return self._gpus.can_allocate(plain_amount(held, "GPU"))
 
     def _claim(self, need: dict) -> Optional[list]:
         """Take `need` from the free resources; the GPU devices it gets (None without GPUs)."""
         subtract(self.available, need)
-        return self._gpus.allocate(need.get("GPU", 0)) if self._gpus is not None else None
+        return self._gpus.allocate(plain_amount(need, "GPU")) if self._gpus is not None else None
 
     def _release(self, need: dict, gpu_ids: Optional[list]) -> None:
-        add(self.available, need)
+        """Give back what `_claim` took; a placement group removed meanwhile took its own back."""
+        add(self.available, {k: v for k, v in need.items() if k in self.total})
         if gpu_ids:
-            self._gpus.release(gpu_ids, need.get("GPU", 0))
+            self._gpus.release(gpu_ids, plain_amount(need, "GPU"))
+
+    # ------------------------------------------------------------------ placement-group bundles
+    def ReserveBundles(self, request, context):
+        """Set aside a placement group's bundles here: their plain resources become resources
+        named after the group, which only work scheduled into it asks for."""
+        bundles = [dict(b.resources) for b in request.bundles]
+        needed: dict = {}
+        for bundle in bundles:
+            add(needed, bundle)
+        with self._lock:
+            if any(key in self._bundles for key in self._bundle_keys(request)) or \
+                    not fits(needed, self.available) or \
+                    (self._gpus is not None and not self._gpus.can_allocate(needed.get("GPU", 0))):
+                return pb.ReservationReply(ok=False)
+            subtract(self.available, needed)
+            offered = bundle_resources(request.pg_id, request.indexes, bundles)
+            add(self.total, offered)
+            add(self.available, offered)
+            for key, bundle in zip(self._bundle_keys(request), bundles):
+                self._bundles[key] = bundle
+            self._update_idle()
+        self._report_now.set()
+        self._schedule()
+        return pb.ReservationReply(ok=True)
+
+    def ReturnBundles(self, request, context):
+        """The group was removed (or is placed again): its resources here go back to the node,
+        and the actors living in its bundles are killed, as in Ray."""
+        with self._lock:
+            keys = [k for k in self._bundle_keys(request) if k in self._bundles]
+            bundles = [self._bundles.pop(k) for k in keys]
+            offered = bundle_resources(request.pg_id, [i for _, i in keys], bundles)
+            for name, amount in offered.items():
+                self.total[name] = self.total.get(name, 0.0) - amount
+                self.available[name] = self.available.get(name, 0.0) - amount
+                if self.total[name] <= 1e-9:
+                    self.total.pop(name)
+                    self.available.pop(name, None)
+            for bundle in bundles:
+                add(self.available, bundle)
+            doomed = [a.worker for a in self._actors.values() if a.worker is not None
+                      and any(k in offered for k in a.hold)]
+            for actor in self._actors.values():
+                if any(k in offered for k in actor.hold):
+                    actor.killed = True
+            self._update_idle()
+        for worker in doomed:
+            worker.process.kill()
+        self._report_now.set()
+        self._schedule()
+        return pb.Empty()
+
+    @staticmethod
+    def _bundle_keys(request) -> list:
+        return [(request.pg_id, index) for index in request.indexes]
 
     def _message(self, spec: pb.TaskSpec, gpu_ids: Optional[list]) -> bytes:
         """What a worker gets: the spec, its dependencies' values, and the GPU devices it may see
@@ -509,7 +567,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._task_finished(task_id, [error] * len(return_ids(spec)))
 
     def _update_idle(self) -> None:
-        busy = self._running or self._ready or self._waiting or any(
+        busy = self._running or self._ready or self._waiting or self._bundles or any(
             not a.dead for a in self._actors.values())
         if busy:
             self._idle_since = None
@@ -519,6 +577,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     def _demand(self) -> list:
         counts: dict[tuple, int] = {}
         for task in self._ready:
+            if any(is_group_resource(k) for k in task.need):
+                continue  # waits for its placement group, which is demand of its own
             key = shape_key(task.need)
             counts[key] = counts.get(key, 0) + 1
         return [pb.ShapeCount(shape=dict(k), count=c) for k, c in counts.items()]

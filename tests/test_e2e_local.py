@@ -86,6 +86,24 @@ def test_scale_up_for_demand_then_down_when_idle(local_cluster):
     assert events.count("idle for") == len(workers)
 
 
+def test_placement_group_launches_the_nodes_its_bundles_need(local_cluster, tmp_path):
+    cli, config, state = local_cluster
+    cli("up", "-y", config)
+    driver = tmp_path / "pg_driver.py"
+    driver.write_text(
+        "import os, runtime as ray\n"
+        "ray.init('auto')\n"
+        "pg = ray.placement_group([{'CPU': 2}] * 2, strategy='STRICT_SPREAD')\n"
+        "ray.get(pg.ready(), timeout=90)\n"
+        "where = ray.remote(num_cpus=2)(lambda: os.environ['CLUSTER_NODE_ID'])\n"
+        "nodes = ray.get([where.options(placement_group=pg, placement_group_bundle_index=i)"
+        ".remote() for i in range(2)])\n"
+        "print('bundles on', len(set(nodes)), 'nodes')\n")
+    assert "bundles on 2 nodes" in cli("submit", config, str(driver)).stdout
+    workers = [n for n in _nodes(state).values() if n["tags"]["node-kind"] == "worker"]
+    assert len(workers) == 2  # one 2-CPU worker per spread bundle, nothing more
+
+
 def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_path):
     cli, config, state = local_cluster
     cli("up", "-y", config)

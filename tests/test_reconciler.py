@@ -194,3 +194,18 @@ def test_worker_that_gets_work_while_draining_is_kept(gcs_stub):
     assert "kept w1: it got work while being drained" in reconciler.events[-1]["message"]
     view = gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="head")).nodes
     assert "w1" in [n.node_id for n in view]  # undrained: it may take work again
+
+
+def test_pending_placement_group_and_requested_resources_launch_workers(gcs_stub):
+    provider, clock = MemoryProvider(), [1000.0]
+    # STRICT_SPREAD of two 2-CPU bundles: each needs its own cpu-2 worker
+    gcs_stub.CreatePlacementGroup(pb.PlacementGroupInfo(
+        pg_id="a" * 32, strategy="STRICT_SPREAD",
+        bundles=[pb.Bundle(resources={"CPU": 2})] * 2))
+    plan = _reconciler(gcs_stub, provider, clock).tick()
+    assert plan.launch == {"cpu-2": 2}
+
+    provider, clock = MemoryProvider(), [1000.0]
+    gcs_stub.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id="a" * 32))
+    gcs_stub.RequestResources(pb.ResourceRequest(bundles=[pb.Bundle(resources={"CPU": 2})]))
+    assert _reconciler(gcs_stub, provider, clock).tick().launch == {"cpu-2": 1}

@@ -94,6 +94,36 @@ class GcsStub:
                 request_serializer=runtime__pb2.DrainRequest.SerializeToString,
                 response_deserializer=runtime__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreatePlacementGroup = channel.unary_unary(
+                '/clusterrt.Gcs/CreatePlacementGroup',
+                request_serializer=runtime__pb2.PlacementGroupInfo.SerializeToString,
+                response_deserializer=runtime__pb2.PlacementGroupReply.FromString,
+                _registered_method=True)
+        self.RemovePlacementGroup = channel.unary_unary(
+                '/clusterrt.Gcs/RemovePlacementGroup',
+                request_serializer=runtime__pb2.PlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime__pb2.PlacementGroupReply.FromString,
+                _registered_method=True)
+        self.GetPlacementGroup = channel.unary_unary(
+                '/clusterrt.Gcs/GetPlacementGroup',
+                request_serializer=runtime__pb2.PlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime__pb2.PlacementGroupReply.FromString,
+                _registered_method=True)
+        self.WaitPlacementGroup = channel.unary_unary(
+                '/clusterrt.Gcs/WaitPlacementGroup',
+                request_serializer=runtime__pb2.PlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime__pb2.PlacementGroupReply.FromString,
+                _registered_method=True)
+        self.ListPlacementGroups = channel.unary_unary(
+                '/clusterrt.Gcs/ListPlacementGroups',
+                request_serializer=runtime__pb2.Empty.SerializeToString,
+                response_deserializer=runtime__pb2.PlacementGroupList.FromString,
+                _registered_method=True)
+        self.RequestResources = channel.unary_unary(
+                '/clusterrt.Gcs/RequestResources',
+                request_serializer=runtime__pb2.ResourceRequest.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class GcsServicer:
@@ -172,6 +202,44 @@ class GcsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePlacementGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePlacementGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPlacementGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitPlacementGroup(self, request, context):
+        """until CREATED or timeout
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlacementGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestResources(self, request, context):
+        """replaces the previous request
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +301,36 @@ def add_GcsServicer_to_server(servicer, server):
             'DrainNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNodes,
                     request_deserializer=runtime__pb2.DrainRequest.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'CreatePlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePlacementGroup,
+                    request_deserializer=runtime__pb2.PlacementGroupInfo.FromString,
+                    response_serializer=runtime__pb2.PlacementGroupReply.SerializeToString,
+            ),
+            'RemovePlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePlacementGroup,
+                    request_deserializer=runtime__pb2.PlacementGroupRequest.FromString,
+                    response_serializer=runtime__pb2.PlacementGroupReply.SerializeToString,
+            ),
+            'GetPlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlacementGroup,
+                    request_deserializer=runtime__pb2.PlacementGroupRequest.FromString,
+                    response_serializer=runtime__pb2.PlacementGroupReply.SerializeToString,
+            ),
+            'WaitPlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitPlacementGroup,
+                    request_deserializer=runtime__pb2.PlacementGroupRequest.FromString,
+                    response_serializer=runtime__pb2.PlacementGroupReply.SerializeToString,
+            ),
+            'ListPlacementGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlacementGroups,
+                    request_deserializer=runtime__pb2.Empty.FromString,
+                    response_serializer=runtime__pb2.PlacementGroupList.SerializeToString,
+            ),
+            'RequestResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestResources,
+                    request_deserializer=runtime__pb2.ResourceRequest.FromString,
                     response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
     }
@@ -570,6 +668,168 @@ class Gcs:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreatePlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/CreatePlacementGroup',
+            runtime__pb2.PlacementGroupInfo.SerializeToString,
+            runtime__pb2.PlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/RemovePlacementGroup',
+            runtime__pb2.PlacementGroupRequest.SerializeToString,
+            runtime__pb2.PlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/GetPlacementGroup',
+            runtime__pb2.PlacementGroupRequest.SerializeToString,
+            runtime__pb2.PlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitPlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/WaitPlacementGroup',
+            runtime__pb2.PlacementGroupRequest.SerializeToString,
+            runtime__pb2.PlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlacementGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/ListPlacementGroups',
+            runtime__pb2.Empty.SerializeToString,
+            runtime__pb2.PlacementGroupList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/RequestResources',
+            runtime__pb2.ResourceRequest.SerializeToString,
+            runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class NodeAgentStub:
     """Missing associated documentation comment in .proto file."""
@@ -608,6 +868,16 @@ class NodeAgentStub:
         self.KillActor = channel.unary_unary(
                 '/clusterrt.NodeAgent/KillActor',
                 request_serializer=runtime__pb2.ActorRequest.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ReserveBundles = channel.unary_unary(
+                '/clusterrt.NodeAgent/ReserveBundles',
+                request_serializer=runtime__pb2.BundleReservation.SerializeToString,
+                response_deserializer=runtime__pb2.ReservationReply.FromString,
+                _registered_method=True)
+        self.ReturnBundles = channel.unary_unary(
+                '/clusterrt.NodeAgent/ReturnBundles',
+                request_serializer=runtime__pb2.BundleReservation.SerializeToString,
                 response_deserializer=runtime__pb2.Empty.FromString,
                 _registered_method=True)
 
@@ -652,6 +922,18 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -683,6 +965,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
             'KillActor': grpc.unary_unary_rpc_method_handler(
                     servicer.KillActor,
                     request_deserializer=runtime__pb2.ActorRequest.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'ReserveBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveBundles,
+                    request_deserializer=runtime__pb2.BundleReservation.FromString,
+                    response_serializer=runtime__pb2.ReservationReply.SerializeToString,
+            ),
+            'ReturnBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnBundles,
+                    request_deserializer=runtime__pb2.BundleReservation.FromString,
                     response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
     }
@@ -847,6 +1139,60 @@ class NodeAgent:
             target,
             '/clusterrt.NodeAgent/KillActor',
             runtime__pb2.ActorRequest.SerializeToString,
+            runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/ReserveBundles',
+            runtime__pb2.BundleReservation.SerializeToString,
+            runtime__pb2.ReservationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/ReturnBundles',
+            runtime__pb2.BundleReservation.SerializeToString,
             runtime__pb2.Empty.FromString,
             options,
             channel_credentials,
