@@ -7,6 +7,7 @@ from runtime.api import (
     ActorClass,
     ActorHandle,
     available_resources,
+    cancel,
     cluster_resources,
     get,
     get_actor,
@@ -25,13 +26,15 @@ from runtime import util
 from runtime.util import (get_placement_group, placement_group, placement_group_table,
                           remove_placement_group)
 from runtime.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from runtime.errors import ActorDiedError, GetTimeoutError, TaskError, WorkerCrashedError
+from runtime.errors import (ActorDiedError, GetTimeoutError, ObjectStoreFullError,
+                            TaskCancelledError, TaskError, WorkerCrashedError)
 from runtime.serialization import ObjectRef
 
 __all__ = [
     "ActorClass", "ActorDiedError", "ActorHandle", "GetTimeoutError", "ObjectRef",
-    "PlacementGroupSchedulingStrategy", "TaskError", "WorkerCrashedError", "available_resources",
-    "cluster_resources", "get", "get_actor", "get_gpu_ids", "get_placement_group", "init",
-    "is_initialized", "kill", "nodes", "placement_group", "placement_group_table", "put", "remote",
-    "remove_placement_group", "request_resources", "shutdown", "util", "wait",
+    "ObjectStoreFullError", "PlacementGroupSchedulingStrategy", "TaskCancelledError", "TaskError", "WorkerCrashedError",
+    "available_resources", "cancel", "cluster_resources", "get", "get_actor", "get_gpu_ids",
+    "get_placement_group", "init", "is_initialized", "kill", "nodes", "placement_group",
+    "placement_group_table", "put", "remote", "remove_placement_group", "request_resources",
+    "shutdown", "util", "wait",
 ]

@@ -55,6 +55,13 @@ class _Client:
                 sender = self._senders[actor_id] = _ActorSender(self, actor_id, label)
             return sender
 
+    def flush(self, timeout: float) -> None:
+        """Deliver every submission still queued in this process."""
+        with self._lock:
+            senders = [self.task_sender, *self._senders.values()]
+        for sender in senders:
+            sender.flush(timeout=timeout)
+
     def agent_at(self, address: str) -> pb_grpc.NodeAgentStub:
         if address == self.agent_address:
             return self.agent
@@ -294,10 +301,7 @@ def shutdown() -> None:
     with _client_lock:
         client, _client = _client, None
     if client is not None:  # submissions are asynchronous: deliver what is still queued
-        with client._lock:
-            senders = [client.task_sender, *client._senders.values()]
-        for sender in senders:
-            sender.flush(timeout=5.0)
+        client.flush(timeout=5.0)
         if client.local_node is None:  # a driver's non-detached actors go with it, as in Ray
             try:
                 for actor_id in client.owned_actors:
@@ -324,6 +328,9 @@ def request_resources(num_cpus: Optional[int] = None,
         {k: float(v) for k, v in b.items()} for b in bundles or ()]
     _connected().gcs.RequestResources(
         pb.ResourceRequest(bundles=[pb.Bundle(resources=s) for s in shapes]), timeout=30)
+
+
+TASK_ID_LENGTH = 32  # uuid4().hex; a task's return ids are its id, or its id + "r<i>"
 
 
 def _return_ids(task_id: str, num_returns: int) -> list:
@@ -519,6 +526,24 @@ def _make_remote(target, options):
     if isinstance(target, type):
         return ActorClass(target, **options)
     return RemoteFunction(target, **options)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes `ref`: dropped if it has not started, else interrupted with
+    KeyboardInterrupt (force=True: its worker is killed). `get(ref)` then raises
+    TaskCancelledError. A task that already finished keeps its result. (`recursive` is accepted
+    for Ray's signature; the tasks it submitted are not cancelled.)"""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    client = _connected()
+    client.flush(timeout=5.0)  # it may not have left this process yet
+    request = pb.CancelRequest(task_id=ref.hex()[:TASK_ID_LENGTH], force=force)
+    if client.agent.CancelTask(request, timeout=30).found:
+        return
+    for node in _cluster_state().nodes:  # it was forwarded: ask the other nodes
+        if node.address != client.agent_address and \
+                client.agent_at(node.address).CancelTask(request, timeout=30).found:
+            return
 
 
 _gpu_ids: list = []  # the GPU devices of the task or actor this worker runs

@@ -13,6 +13,10 @@ class GetTimeoutError(RuntimeClusterError, TimeoutError):
     """`get(..., timeout=)` expired before the objects were ready."""
 
 
+class ObjectStoreFullError(RuntimeClusterError):
+    """A `put` found no room in its node's object store, even after spilling what could be."""
+
+
 class TaskError(RuntimeClusterError):
     """A remote task raised. Carries the remote traceback text; `cause` is the original exception
     when it could be pickled."""
@@ -49,3 +53,16 @@ class ActorDiedError(TaskError):
 
     def __reduce__(self):
         return (ActorDiedError, (self.actor, self.traceback_text, self.cause))
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled (`cancel()`) before it finished."""
+
+    def __init__(self, task_name: str, detail: str = "it was cancelled", cause=None):
+        RuntimeClusterError.__init__(self, f"task {task_name} was cancelled")
+        self.task_name = task_name
+        self.traceback_text = detail
+        self.cause = cause
+
+    def __reduce__(self):
+        return (TaskCancelledError, (self.task_name, self.traceback_text, self.cause))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from runtime import rpc
-from runtime.errors import ActorDiedError, WorkerCrashedError
+from runtime.errors import ActorDiedError, TaskCancelledError, WorkerCrashedError
 from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
@@ -99,6 +99,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._awaited: set[str] = set()  # expected ids a get/wait here skipped looking up
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
         self._bundles: dict[tuple, dict] = {}  # (pg id, bundle index) -> resources reserved here
+        self._cancelled: set[str] = set()  # running tasks cancel() was called on
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
@@ -377,6 +378,40 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._schedule()
         return pb.Empty()
 
+    # ------------------------------------------------------------------ cancelling
+    def CancelTask(self, request, context):
+        """Drop the task if it is queued here, or interrupt (force: kill) the worker running it.
+        Its caller gets a TaskCancelledError either way, and a cancelled task is not retried."""
+        task_id = request.task_id
+        with self._lock:
+            queued = self._unqueue(task_id)
+            running = self._running.get(task_id) if queued is None else None
+            if running is not None:
+                self._cancelled.add(task_id)
+            self._update_idle()
+        if queued is not None:
+            self._store_results(queued.spec, [dumps_task_error(TaskCancelledError(queued.spec.name))]
+                                * len(return_ids(queued.spec)))
+            return pb.CancelReply(found=True)
+        if running is None:
+            return pb.CancelReply(found=False)
+        worker = self.pool.running(task_id)
+        if worker is not None:
+            if request.force:
+                worker.process.kill()
+            else:
+                worker.process.send_signal(signal.SIGINT)  # KeyboardInterrupt in the task's code
+        return pb.CancelReply(found=True)
+
+    def _unqueue(self, task_id: str) -> Optional[_Task]:
+        """Take a task that has not started off every queue here (lock held)."""
+        for queue in [self._ready, *(a.queue for a in self._actors.values())]:
+            task = next((t for t in queue if t.spec.task_id == task_id), None)
+            if task is not None:
+                queue.remove(task)
+                return task
+        return self._waiting.pop(task_id, None)
+
     @staticmethod
     def _bundle_keys(request) -> list:
         return [(request.pg_id, index) for index in request.indexes]
@@ -536,6 +571,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 task = self._running.pop(task_id, None)
                 if task is not None:
                     self._release(task.need, task.gpu_ids)
+            if task_id in self._cancelled:
+                self._cancelled.discard(task_id)
+                results = [dumps_task_error(TaskCancelledError(task.spec.name))] * len(results)
         if task is not None:
             self._store_results(task.spec, results)
         if actor is None:
@@ -547,17 +585,16 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             if task is None:
                 return
             spec = task.spec
-            if not self._stopping.is_set() and (spec.max_retries < 0 or spec.attempt < spec.max_retries):
+            retry = (task_id not in self._cancelled and not self._stopping.is_set()
+                     and (spec.max_retries < 0 or spec.attempt < spec.max_retries))
+            if retry:
                 del self._running[task_id]
                 self._release(task.need, task.gpu_ids)
                 spec.attempt += 1
                 log.info("retrying task %s (attempt %d): its worker (pid %d) exited with code %s",
                          spec.name, spec.attempt, pid, returncode)
                 self._ready.appendleft(task)
-                retried = True
-            else:
-                retried = False
-        if retried:
+        if retry:
             self._schedule()
             return
         detail = f"the worker process (pid {pid}) running it exited with code {returncode}"

@@ -121,6 +121,11 @@ class WorkerPool:
         for worker in workers:
             worker.process.wait()
 
+    def running(self, task_id: str) -> Optional[Worker]:
+        """The worker running that task, if any."""
+        with self._lock:
+            return next((w for w in self._all if w.task_id == task_id), None)
+
     def pids(self) -> list[int]:
         with self._lock:
             return [w.pid for w in self._all]

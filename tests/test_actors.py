@@ -16,7 +16,7 @@ import runtime as ray
 from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
-from tests.conftest import pid_alive, two_node_cluster
+from tests.conftest import pid_alive, two_node_cluster, wait_for
 
 HEAD_IP, WORKER_IP = "127.0.3.11", "127.0.3.12"
 
@@ -425,3 +425,51 @@ def test_remote_actor_restarts_on_its_node_and_wait_sees_remote_results(cluster)
             time.sleep(0.05)
     assert value == 1 and ray.get(counter.where.remote()) == WORKER_IP
     ray.kill(counter)
+
+
+@ray.remote(num_cpus=0, resources={"special": 1})
+def hold_special(path):
+    """Runs until `path` exists (the worker node's only "special" resource stays taken)."""
+    while not os.path.exists(path):
+        time.sleep(0.05)
+    return "released"
+
+
+def test_cancel_of_a_queued_task_drops_it(cluster, tmp_path):
+    release = tmp_path / "release"
+    blocker = hold_special.remote(str(release))
+    queued = hold_special.remote(str(release))  # waits: the one "special" is taken
+    time.sleep(0.5)
+    ray.cancel(queued)
+    with pytest.raises(ray.TaskCancelledError, match="was cancelled"):
+        ray.get(queued, timeout=30)
+    release.touch()
+    assert ray.get(blocker, timeout=30) == "released"
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["interrupt", "force"])
+def test_cancel_of_a_running_task_stops_it_without_retry(cluster, tmp_path, force):
+    started = tmp_path / "started"
+
+    @ray.remote(num_cpus=0, max_retries=3)
+    def long_running(path):
+        with open(path, "a") as f:
+            f.write("x")
+        time.sleep(120)
+        return "finished"
+
+    ref = long_running.remote(str(started))
+    wait_for(lambda: started.exists(), 30, "the task to start")
+    ray.cancel(ref, force=force)
+    with pytest.raises(ray.TaskCancelledError):
+        ray.get(ref, timeout=30)
+    time.sleep(0.5)
+    assert started.read_text() == "x"  # never retried
+    assert ray.get(hold_special.remote(str(started)), timeout=30) == "released"  # still serving
+
+
+def test_cancel_after_the_task_finished_keeps_its_result(cluster):
+    done = ray.remote(num_cpus=0)(lambda: 42).remote()
+    assert ray.get(done, timeout=30) == 42
+    ray.cancel(done)
+    assert ray.get(done, timeout=30) == 42

@@ -870,6 +870,16 @@ class NodeAgentStub:
                 request_serializer=runtime__pb2.ActorRequest.SerializeToString,
                 response_deserializer=runtime__pb2.Empty.FromString,
                 _registered_method=True)
+        self.FreeObjects = channel.unary_unary(
+                '/clusterrt.NodeAgent/FreeObjects',
+                request_serializer=runtime__pb2.FreeObjectsRequest.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
+        self.GetStoreInfo = channel.unary_unary(
+                '/clusterrt.NodeAgent/GetStoreInfo',
+                request_serializer=runtime__pb2.Empty.SerializeToString,
+                response_deserializer=runtime__pb2.StoreInfo.FromString,
+                _registered_method=True)
         self.ReserveBundles = channel.unary_unary(
                 '/clusterrt.NodeAgent/ReserveBundles',
                 request_serializer=runtime__pb2.BundleReservation.SerializeToString,
@@ -879,6 +889,11 @@ class NodeAgentStub:
                 '/clusterrt.NodeAgent/ReturnBundles',
                 request_serializer=runtime__pb2.BundleReservation.SerializeToString,
                 response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CancelTask = channel.unary_unary(
+                '/clusterrt.NodeAgent/CancelTask',
+                request_serializer=runtime__pb2.CancelRequest.SerializeToString,
+                response_deserializer=runtime__pb2.CancelReply.FromString,
                 _registered_method=True)
 
 
@@ -922,6 +937,19 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FreeObjects(self, request, context):
+        """their owner holds no reference any more
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStoreInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReserveBundles(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -929,6 +957,12 @@ class NodeAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReturnBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -967,6 +1001,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     request_deserializer=runtime__pb2.ActorRequest.FromString,
                     response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
+            'FreeObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreeObjects,
+                    request_deserializer=runtime__pb2.FreeObjectsRequest.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'GetStoreInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStoreInfo,
+                    request_deserializer=runtime__pb2.Empty.FromString,
+                    response_serializer=runtime__pb2.StoreInfo.SerializeToString,
+            ),
             'ReserveBundles': grpc.unary_unary_rpc_method_handler(
                     servicer.ReserveBundles,
                     request_deserializer=runtime__pb2.BundleReservation.FromString,
@@ -976,6 +1020,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.ReturnBundles,
                     request_deserializer=runtime__pb2.BundleReservation.FromString,
                     response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'CancelTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTask,
+                    request_deserializer=runtime__pb2.CancelRequest.FromString,
+                    response_serializer=runtime__pb2.CancelReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1151,6 +1200,60 @@ class NodeAgent:
             _registered_method=True)
 
     @staticmethod
+    def FreeObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/FreeObjects',
+            runtime__pb2.FreeObjectsRequest.SerializeToString,
+            runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStoreInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/GetStoreInfo',
+            runtime__pb2.Empty.SerializeToString,
+            runtime__pb2.StoreInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ReserveBundles(request,
             target,
             options=(),
@@ -1194,6 +1297,33 @@ class NodeAgent:
             '/clusterrt.NodeAgent/ReturnBundles',
             runtime__pb2.BundleReservation.SerializeToString,
             runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/CancelTask',
+            runtime__pb2.CancelRequest.SerializeToString,
+            runtime__pb2.CancelReply.FromString,
             options,
             channel_credentials,
             insecure,
