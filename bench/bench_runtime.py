@@ -1,5 +1,6 @@
 """Runtime figures on this machine: init time, no-op task throughput (1k), single-task round trip,
-sequential actor calls/s, actor calls/s with 1000 in flight, put/get of a 1 MB bytes object.
+sequential actor calls/s, actor calls/s with 1000 in flight, put/get of a 1 MB bytes object, and
+put/get throughput of 1 MB and 100 MB numpy arrays (GB/s; a get maps shared memory, no copy).
 
 Each workload runs on the embedded runtime (a private single-node cluster started by `init`), and on
 Ray too when `import ray` works (Ray is not a dependency: nothing installs it). Run:
@@ -14,6 +15,8 @@ import os
 import statistics
 import tempfile
 import time
+
+import numpy as np
 
 
 def measure(ray, num_cpus: int) -> dict:
@@ -68,9 +71,28 @@ def measure(ray, num_cpus: int) -> dict:
             gets.append(time.perf_counter() - t)
         figures["put_1MB_ms_median"] = statistics.median(puts) * 1000
         figures["get_1MB_ms_median"] = statistics.median(gets) * 1000
+        for label, size, rounds in (("1MB", 1 << 20, 50), ("100MB", 100 << 20, 5)):
+            figures.update(numpy_put_get(ray, label, size, rounds))
     finally:
         ray.shutdown()
     return figures
+
+
+def numpy_put_get(ray, label: str, size: int, rounds: int) -> dict:
+    """GB/s of put and of get of a float64 array of `size` bytes (median of `rounds`)."""
+    array = np.random.default_rng(0).random(size // 8)
+    puts, gets = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        ref = ray.put(array)
+        puts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        got = ray.get(ref)
+        gets.append(time.perf_counter() - t)
+        assert got.shape == array.shape
+        del ref, got
+    return {f"put_{label}_numpy_GB_per_s": size / statistics.median(puts) / 1e9,
+            f"get_{label}_numpy_GB_per_s": size / statistics.median(gets) / 1e9}
 
 
 def main() -> None:

@@ -220,8 +220,9 @@ def get_worker_ips(config, cluster_name):
 
 
 def main():
-    from runtime.cli import start, stop
+    from runtime.cli import list_state, start, stop
 
     cli.add_command(start)
     cli.add_command(stop)
+    cli.add_command(list_state)
     cli()

@@ -32,9 +32,9 @@ from runtime.serialization import ObjectRef
 
 __all__ = [
     "ActorClass", "ActorDiedError", "ActorHandle", "GetTimeoutError", "ObjectRef",
-    "ObjectStoreFullError", "PlacementGroupSchedulingStrategy", "TaskCancelledError", "TaskError", "WorkerCrashedError",
-    "available_resources", "cancel", "cluster_resources", "get", "get_actor", "get_gpu_ids",
-    "get_placement_group", "init", "is_initialized", "kill", "nodes", "placement_group",
-    "placement_group_table", "put", "remote", "remove_placement_group", "request_resources",
-    "shutdown", "util", "wait",
+    "ObjectStoreFullError", "PlacementGroupSchedulingStrategy", "TaskCancelledError", "TaskError",
+    "WorkerCrashedError", "available_resources", "cancel", "cluster_resources", "get", "get_actor",
+    "get_gpu_ids", "get_placement_group", "init", "is_initialized", "kill", "nodes",
+    "placement_group", "placement_group_table", "put", "remote", "remove_placement_group",
+    "request_resources", "shutdown", "util", "wait",
 ]

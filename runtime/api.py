@@ -18,14 +18,16 @@ from typing import Optional, Sequence, Union
 
 import cloudpickle
 
-from runtime import rpc
-from runtime.errors import ActorDiedError, GetTimeoutError, NotConnected, TaskError
+from runtime import refs as ref_tracking, rpc
+from runtime.errors import (ActorDiedError, GetTimeoutError, NotConnected, ObjectStoreFullError,
+                            TaskError)
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 import grpc
 
 from runtime.placement import scheduled_need
-from runtime.serialization import ObjectRef, dumps_args, dumps_task_error, dumps_value, loads
+from runtime.object_store import map_file, stage
+from runtime.serialization import ObjectRef, dumps_args, dumps_task_error, loads, serialize
 from runtime.session import TOKEN_ENV, read_session, read_token
 
 
@@ -47,6 +49,26 @@ class _Client:
         self.owned_placement_groups: list[str] = []  # likewise removed at shutdown
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._lock = threading.Lock()
+        self._store_dir: Optional[str] = None  # "" once known not to be on this machine
+        self.refs = ref_tracking.RefTracker(self._free, self._existing)
+        ref_tracking.install(self.refs)
+
+    def store_directory(self) -> Optional[str]:
+        """The shared-memory directory of the agent's object store when that agent runs on this
+        machine (large objects are then written and mapped there), else None."""
+        if self._store_dir is None:
+            directory = self.agent.GetStoreInfo(pb.Empty(), timeout=30).directory
+            self._store_dir = directory if os.path.isdir(directory) else ""
+        return self._store_dir or None
+
+    def _free(self, object_ids: list) -> None:
+        self.agent.FreeObjects(pb.FreeObjectsRequest(object_ids=object_ids, broadcast=True),
+                               timeout=30)
+
+    def _existing(self, object_ids: list) -> set:
+        reply = self.gcs.WaitObjectLocations(pb.WaitLocationsRequest(object_ids=object_ids, timeout=0),
+                                             timeout=30)
+        return {location.object_id for location in reply.locations}
 
     def sender(self, actor_id: str, label: str) -> "_ActorSender":
         with self._lock:
@@ -244,16 +266,18 @@ def connect_from_environment() -> None:
     _client = _Client(os.environ["CLUSTER_AGENT_ADDRESS"], os.environ["CLUSTER_GCS_ADDRESS"],
                       os.environ.get(TOKEN_ENV))
     _client.is_driver = False
+    _client._store_dir = os.environ.get("CLUSTER_OBJECT_STORE_DIR", "")
 
 
 def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
          num_gpus: Optional[int] = None, resources: Optional[dict] = None,
-         ignore_reinit_error: bool = False) -> dict:
+         object_store_memory: Optional[int] = None, ignore_reinit_error: bool = False) -> dict:
     """Connect this process to a cluster.
 
     address: "auto" = the cluster this node belongs to (its ~/.cluster/session.json);
     "HOST:PORT" = a GCS; None = $CLUSTER_ADDRESS, else this node's cluster if it has one, else a
-    new single-node cluster owned by this process (num_cpus/num_gpus/resources size it).
+    new single-node cluster owned by this process (num_cpus/num_gpus/resources size it, and
+    object_store_memory its shared memory for objects, in bytes).
     """
     global _client
     with _client_lock:
@@ -263,6 +287,9 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
         address = address or os.environ.get("CLUSTER_ADDRESS")
         session = read_session()
+        if object_store_memory is not None and (address or session is not None):
+            raise ValueError("object_store_memory sizes a new cluster; this connects to a running "
+                             "one (size its nodes with `cluster start --object-store-memory`)")
         if address == "auto" or (address is None and session is not None):
             if session is None:
                 raise ConnectionError("no cluster runs on this node (no ~/.cluster/session.json); "
@@ -271,7 +298,8 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         elif address is None:
             from runtime import node
 
-            local = node.start_local_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+            local = node.start_local_cluster(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                             object_store_memory=object_store_memory)
             _client = _Client(local.agent_address, local.gcs_address, local.token, local_node=local)
         else:
             token = read_token()
@@ -302,7 +330,12 @@ def shutdown() -> None:
         client, _client = _client, None
     if client is not None:  # submissions are asynchronous: deliver what is still queued
         client.flush(timeout=5.0)
-        if client.local_node is None:  # a driver's non-detached actors go with it, as in Ray
+        ref_tracking.install(None)
+        if client.local_node is None:
+            try:  # free what this driver owns (runtime.refs says what stays)
+                client.refs.close()
+            except Exception:  # the cluster may be gone already
+                pass  # a driver's non-detached actors go with it, as in Ray
             try:
                 for actor_id in client.owned_actors:
                     _kill(client, actor_id, "its driver exited")
@@ -340,9 +373,12 @@ def _return_ids(task_id: str, num_returns: int) -> list:
 
 
 def _refs(spec: pb.TaskSpec):
-    if spec.return_ids:
-        return [ObjectRef(i) for i in spec.return_ids]
-    return ObjectRef(spec.return_id)
+    """The refs to a submitted task's results; this process owns them and keeps the task's
+    dependencies until they exist."""
+    ids = list(spec.return_ids) or [spec.return_id]
+    _connected().refs.submitted(spec.dependencies, ids)
+    refs = [ObjectRef(i, _owned=True) for i in ids]
+    return refs if spec.return_ids else refs[0]
 
 
 class RemoteFunction:
@@ -625,20 +661,51 @@ def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float]
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"get() takes ObjectRefs, got {type(ref).__name__}")
     ids = [r.hex() for r in ref_list]
-    reply = _connected().agent.GetObjects(
-        pb.GetObjectsRequest(object_ids=ids, timeout=-1 if timeout is None else timeout))
-    if reply.timed_out:
-        raise GetTimeoutError(f"get() timed out after {timeout}s waiting for {len(ids)} object(s)")
-    data = {o.object_id: o.data for o in reply.objects}
-    values = [loads(data[i]) for i in ids]
+    blobs = _blobs(_connected(), ids, timeout)
+    values = [loads(blobs[i]) for i in ids]
     return values[0] if single else values
 
 
+def _blobs(client: _Client, ids: list, timeout: Optional[float]) -> dict:
+    """id -> the object: bytes, or a read-only mapping of its file when it is on this machine."""
+    map_files = client.store_directory() is not None
+    blobs: dict = {}
+    missing = list(dict.fromkeys(ids))
+    while missing:
+        reply = client.agent.GetObjects(pb.GetObjectsRequest(
+            object_ids=missing, timeout=-1 if timeout is None else timeout, map_files=map_files))
+        if reply.timed_out:
+            raise GetTimeoutError(f"get() timed out after {timeout}s waiting for {len(ids)} object(s)")
+        for found in reply.objects:
+            if not found.path:
+                blobs[found.object_id] = found.data
+                continue
+            try:
+                blobs[found.object_id] = map_file(found.path)
+            except FileNotFoundError:  # spilled to disk meanwhile: ask again
+                pass
+        missing = [i for i in missing if i not in blobs]
+    return blobs
+
+
 def put(value) -> ObjectRef:
-    """Store a value in this node's object store and return a ref to it."""
+    """Store a value in this node's object store and return a ref to it. A large value is written
+    into the node's shared memory by this process; ObjectStoreFullError when it finds no room."""
+    client = _connected()
     object_id = uuid.uuid4().hex
-    _connected().agent.PutObject(pb.ObjectData(object_id=object_id, data=dumps_value(value)), timeout=60)
-    return ObjectRef(object_id)
+    staged = stage(client.store_directory(), object_id, serialize(value))
+    if isinstance(staged, bytes):
+        request = pb.ObjectData(object_id=object_id, data=staged)
+    else:
+        request = pb.ObjectData(object_id=object_id, size=staged)
+    try:
+        client.agent.PutObject(request, timeout=60)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise ObjectStoreFullError(exc.details()) from None
+        raise
+    client.refs.created([object_id])
+    return ObjectRef(object_id, _owned=True)
 
 
 def _cluster_state() -> pb.ClusterState:

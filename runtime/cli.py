@@ -1,4 +1,4 @@
-"""`cluster start` and `cluster stop`: the runtime's commands, run on each node."""
+"""`cluster start`, `cluster stop` and `cluster list`: the runtime's commands, run on a node."""
 
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ def _parse_resources(value: str | None) -> dict:
 @click.option("--node-type", default=None, help="Node type name (default: $CLUSTER_NODE_TYPE).")
 @click.option("--autoscaling-config", help="Cluster YAML; starts the autoscaler on the head.")
 @click.option("--token-file", help="File holding the cluster token (default: $CLUSTER_AUTH_TOKEN).")
+@click.option("--object-store-memory", type=click.IntRange(min=1), help="Bytes of shared memory for "
+              "large objects (default: 30% of memory or 80% of /dev/shm, whichever is less).")
 def start(head, address, port, node_ip_address, num_cpus, num_gpus, resources, node_type,
-          autoscaling_config, token_file):
+          autoscaling_config, token_file, object_store_memory):
     """Start the runtime on this node."""
     import os
 
@@ -51,9 +53,11 @@ def start(head, address, port, node_ip_address, num_cpus, num_gpus, resources, n
     try:
         if head:
             session = node.start_head(port, res, node_type, ip=node_ip_address,
-                                      autoscaling_config=autoscaling_config, token=token)
+                                      autoscaling_config=autoscaling_config, token=token,
+                                      object_store_memory=object_store_memory)
         else:
-            session = node.start_worker(address, res, node_type, ip=node_ip_address, token=token)
+            session = node.start_worker(address, res, node_type, ip=node_ip_address, token=token,
+                                        object_store_memory=object_store_memory)
     except RuntimeClusterError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
@@ -70,3 +74,51 @@ def stop():
     """Stop the runtime processes on this node."""
     stopped = node.stop_node()
     click.echo(f"Stopped {', '.join(stopped)}." if stopped else "Nothing was running.")
+
+
+LISTS = {  # kind -> (state API function name, columns of the table)
+    "nodes": ("list_nodes", ["node_id", "state", "node_ip", "node_type", "is_head_node", "idle_s",
+                             "resources_total"]),
+    "tasks": ("list_tasks", ["task_id", "name", "state", "type", "node_id", "worker_pid",
+                             "error_type"]),
+    "actors": ("list_actors", ["actor_id", "class_name", "name", "state", "node_id", "pid",
+                               "num_restarts", "death_cause"]),
+    "placement-groups": ("list_placement_groups", ["placement_group_id", "name", "strategy",
+                                                   "state", "bundles", "bundles_to_node_id"]),
+}
+
+
+@click.command(name="list")
+@click.argument("kind", type=click.Choice(list(LISTS)))
+@click.option("--state", help="Only records in this state, e.g. RUNNING, ALIVE, PENDING.")
+@click.option("--limit", default=100, show_default=True, help="At most this many rows.")
+@click.option("--address", default="auto", show_default=True,
+              help="HOST:PORT of the GCS; `auto` = the cluster this node belongs to.")
+def list_state(kind, state, limit, address):
+    """List the cluster's nodes, tasks, actors or placement groups (run it on a cluster node, or
+    from your machine through `cluster exec CONFIG "cluster list tasks"`)."""
+    import runtime
+    from runtime.util import state as state_api
+
+    function, columns = LISTS[kind]
+    try:
+        runtime.init(address)
+        records = getattr(state_api, function)(state=state.upper() if state else None, limit=limit)
+    except (RuntimeClusterError, ConnectionError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        runtime.shutdown()
+    click.echo(format_table(records, columns))
+
+
+def format_table(records: list, columns: list) -> str:
+    """Records as aligned text columns, long values cut to keep rows on one line."""
+    def cell(value) -> str:
+        text = "-" if value is None else str(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    rows = [[c.upper() for c in columns]] + [[cell(r.get(c)) for c in columns] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + [f"({len(records)} {'row' if len(records) == 1 else 'rows'})"])

@@ -12,7 +12,7 @@ import argparse
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 from runtime import rpc
@@ -24,6 +24,7 @@ from runtime.resources import shape_key
 log = logging.getLogger("gcs")
 
 NODE_TIMEOUT_S = 10.0  # a node silent this long is dead
+MAX_TASK_RECORDS = 10_000  # the task table keeps the latest state of this many tasks
 
 
 @dataclass
@@ -43,6 +44,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._actors: dict[str, pb.ActorInfo] = {}
         self._actor_names: dict[tuple, str] = {}  # (namespace, name) -> actor id, while not DEAD
         self._requested: list = []  # request_resources() bundles
+        self._tasks: OrderedDict[str, pb.TaskEvent] = OrderedDict()  # latest event, oldest first
         self._groups = PlacementGroupTable(self._lock, self._free_resources, token)
 
     # -- nodes
@@ -105,6 +107,33 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._expire_nodes()
         return {node_id: (n.info.address, n.info.available)
                 for node_id, n in self._nodes.items() if not n.info.draining}
+
+    # -- task table: each task's latest state, for `cluster list tasks`
+    def AddTaskEvents(self, request, context):
+        with self._lock:
+            for event in request.events:
+                record = self._tasks.pop(event.task_id, None)
+                if record is None:
+                    record = pb.TaskEvent()
+                    record.CopyFrom(event)
+                elif event.time >= record.time:  # fields the newer event leaves empty are kept
+                    record.MergeFrom(event)
+                self._tasks[event.task_id] = record
+            while len(self._tasks) > MAX_TASK_RECORDS:
+                self._tasks.popitem(last=False)
+        return pb.Empty()
+
+    def ListTasks(self, request, context):
+        with self._lock:
+            records = [t for t in reversed(self._tasks.values())
+                       if not request.state or t.state == request.state]
+        return pb.TaskEvents(events=records[:request.limit or None])
+
+    def ListActors(self, request, context):
+        with self._lock:
+            actors = [a for a in self._actors.values()
+                      if not request.state or a.state == request.state]
+        return pb.ActorList(actors=actors[:request.limit or None])
 
     # -- placement groups (runtime.gcs_placement_groups)
     def CreatePlacementGroup(self, request, context):
@@ -183,6 +212,8 @@ class GcsServicer(pb_grpc.GcsServicer):
                 return pb.ActorReply(found=True, info=info)
             if request.node_id:
                 info.node_id, info.address = request.node_id, request.address
+            if request.pid:
+                info.pid = request.pid
             info.num_restarts = max(info.num_restarts, request.num_restarts)
             if request.state == "DEAD":
                 self._set_dead(info, request.death_cause)

@@ -23,12 +23,12 @@ from typing import Optional
 
 import grpc
 
-from runtime import rpc
+from runtime import object_store, rpc
 from runtime.errors import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.session import (RUNTIME_DIR_ENV, TOKEN_ENV, Session, logs_dir, new_token, read_session,
-                             read_token, session_path, write_session, write_token)
+                             read_token, runtime_dir, session_path, write_session, write_token)
 
 READY_TIMEOUT_S = 30.0
 
@@ -126,9 +126,11 @@ def _check_gcs(address: str, token: str, wait_s: float = 10.0) -> None:
                                   "is the head running and the address right?") from None
 
 
-def _start_agent(gcs_address, ip, resources, node_type, node_id, is_head, env) -> tuple:
+def _start_agent(gcs_address, ip, resources, node_type, node_id, is_head, env,
+                 object_store_memory: Optional[int] = None) -> tuple:
     argv = ["runtime.node_agent", "--node-id", node_id, "--ip", ip, "--gcs-address", gcs_address,
-            "--node-type", node_type, "--resources", json.dumps(resources)] + (["--head"] if is_head else [])
+            "--node-type", node_type, "--resources", json.dumps(resources),
+            "--object-store-memory", str(object_store_memory or 0)] + (["--head"] if is_head else [])
     process = _spawn("agent", argv, env)
     gcs = _gcs_stub(gcs_address, env[TOKEN_ENV])
     found = {}
@@ -146,7 +148,7 @@ def _start_agent(gcs_address, ip, resources, node_type, node_id, is_head, env) -
 
 def start_head(port: int, resources: dict, node_type: str = "head", ip: Optional[str] = None,
                node_id: Optional[str] = None, autoscaling_config: Optional[str] = None,
-               token: Optional[str] = None) -> Session:
+               token: Optional[str] = None, object_store_memory: Optional[int] = None) -> Session:
     ip = ip or node_ip()
     node_id = node_id or os.environ.get("CLUSTER_NODE_ID") or uuid.uuid4().hex[:12]
     token = token or read_token() or new_token()
@@ -158,7 +160,8 @@ def start_head(port: int, resources: dict, node_type: str = "head", ip: Optional
     try:
         stub = _gcs_stub(gcs_address, token)
         _wait_ready("gcs", gcs, lambda: stub.KvGet(pb.KvRequest(key="ping"), timeout=1) is not None)
-        agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, True, env)
+        agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, True, env,
+                                            object_store_memory)
         pids["agent"] = agent.pid
         if autoscaling_config:
             config_path = os.path.expanduser(autoscaling_config)
@@ -174,7 +177,8 @@ def start_head(port: int, resources: dict, node_type: str = "head", ip: Optional
 
 
 def start_worker(gcs_address: str, resources: dict, node_type: str = "", ip: Optional[str] = None,
-                 node_id: Optional[str] = None, token: Optional[str] = None) -> Session:
+                 node_id: Optional[str] = None, token: Optional[str] = None,
+                 object_store_memory: Optional[int] = None) -> Session:
     ip = ip or node_ip(toward=gcs_address.rsplit(":", 1)[0])
     node_id = node_id or os.environ.get("CLUSTER_NODE_ID") or uuid.uuid4().hex[:12]
     token = token or read_token()
@@ -183,7 +187,8 @@ def start_worker(gcs_address: str, resources: dict, node_type: str = "", ip: Opt
     _check_gcs(gcs_address, token)
     write_token(token)
     env = dict(os.environ, **{TOKEN_ENV: token})
-    agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, False, env)
+    agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, False, env,
+                                        object_store_memory)
     session = Session(gcs_address, agent_address, node_id, ip, False, {"agent": agent.pid})
     write_session(session)
     return session
@@ -209,6 +214,7 @@ def _kill_all(pids: dict, grace_s: float = 5.0) -> None:
         time.sleep(0.05)
     for pid in pids.values():
         _signal(pid, signal.SIGKILL)
+    object_store.remove_dirs(runtime_dir(), pids.values())  # an agent killed leaves its store
 
 
 def _signal(pid: int, sig) -> None:
@@ -245,7 +251,8 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_local_cluster(num_cpus=None, num_gpus=None, resources=None) -> LocalCluster:
+def start_local_cluster(num_cpus=None, num_gpus=None, resources=None,
+                        object_store_memory=None) -> LocalCluster:
     directory = tempfile.mkdtemp(prefix="cluster-runtime-")
     previous = os.environ.get(RUNTIME_DIR_ENV)
     os.environ[RUNTIME_DIR_ENV] = directory
@@ -254,7 +261,7 @@ def start_local_cluster(num_cpus=None, num_gpus=None, resources=None) -> LocalCl
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         session = start_head(port, detect_resources(num_cpus, num_gpus, resources), ip="127.0.0.1",
-                             node_id=uuid.uuid4().hex[:12])
+                             node_id=uuid.uuid4().hex[:12], object_store_memory=object_store_memory)
     finally:
         if previous is None:
             os.environ.pop(RUNTIME_DIR_ENV)

@@ -10,6 +10,7 @@ the agent that places it hosts it: a dedicated worker, and its calls queued and 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -23,16 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
+import grpc
+
 from runtime import rpc
-from runtime.errors import ActorDiedError, TaskCancelledError, WorkerCrashedError
+from runtime.errors import (ActorDiedError, ObjectStoreFullError, TaskCancelledError, TaskError,
+                            WorkerCrashedError)
 from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
-from runtime.object_store import ObjectStore
+from runtime.object_store import ObjectStore, default_capacity, remove_stale_dirs, shm_dir, spill_dir
 from runtime.placement import bundle_resources, is_group_resource, plain_amount
 from runtime.resources import add, fits, shape_key, subtract
-from runtime.serialization import dumps_task_error
-from runtime.session import TOKEN_ENV, logs_dir
+from runtime.serialization import dumps_task_error, error_class_name
+from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
 from runtime.worker_pool import WorkerPool
 
 log = logging.getLogger("node_agent")
@@ -41,6 +45,10 @@ HEARTBEAT_S = 0.3
 CHUNK_BYTES = 1 << 20
 MAX_HOPS = 4  # a task forwarded this often stays where it is
 MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
+TASK_EVENTS_S = 1.0  # task state changes go to the GCS task table this often, batched
+MAX_TASK_EVENTS = 100_000  # kept while the GCS is unreachable; older ones are dropped
+TASK_KINDS = {pb.TaskSpec.TASK: "NORMAL_TASK", pb.TaskSpec.ACTOR_CREATION: "ACTOR_CREATION_TASK",
+              pb.TaskSpec.ACTOR_METHOD: "ACTOR_TASK"}
 
 
 @dataclass
@@ -77,7 +85,7 @@ class _Actor:
 
 class NodeAgent(pb_grpc.NodeAgentServicer):
     def __init__(self, node_id: str, ip: str, node_type: str, is_head: bool, resources: dict,
-                 gcs_address: str, token: str):
+                 gcs_address: str, token: str, object_store_memory: int = 0):
         self.node_id = node_id
         self.ip = ip
         self.node_type = node_type
@@ -100,6 +108,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
         self._bundles: dict[tuple, dict] = {}  # (pg id, bundle index) -> resources reserved here
         self._cancelled: set[str] = set()  # running tasks cancel() was called on
+        self._task_events: deque = deque(maxlen=MAX_TASK_EVENTS)  # for the GCS task table
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
@@ -111,9 +120,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._wanted: set[str] = set()
         self._fetching: set[str] = set()
         self._want_event = threading.Event()
-        self.store = ObjectStore(on_added=self._object_added)
+        self.store = ObjectStore(self._object_added, shm_dir(os.getpid()),
+                                 spill_dir(runtime_dir(), os.getpid()),
+                                 object_store_memory or default_capacity(), self._objects_in_use)
         worker_env = dict(os.environ, CLUSTER_GCS_ADDRESS=gcs_address, CLUSTER_NODE_ID=node_id,
-                          CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type, **{TOKEN_ENV: token})
+                          CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type,
+                          CLUSTER_OBJECT_STORE_DIR=str(self.store.directory), **{TOKEN_ENV: token})
         self._worker_env = worker_env
         self.pool = WorkerPool(worker_env, on_result=self._task_finished, on_death=self._worker_died)
 
@@ -128,7 +140,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.address = f"{self.ip}:{bound}"
         self._worker_env["CLUSTER_AGENT_ADDRESS"] = self.address
         self._register()
-        for loop in (self._heartbeat_loop, self._location_loop, self._pull_loop):
+        for loop in (self._heartbeat_loop, self._location_loop, self._pull_loop, self._events_loop):
             threading.Thread(target=loop, daemon=True, name=loop.__name__).start()
         return server
 
@@ -136,6 +148,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._stopping.set()
         self._report_now.set()
         self.pool.shutdown()
+        self.store.close()
         try:
             self._gcs.UnregisterNode(pb.NodeIdRequest(node_id=self.node_id), timeout=2)
         except Exception:  # the GCS may already be gone; it expires silent nodes anyway
@@ -164,10 +177,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     self._expected.update(return_ids(spec))
                     actor.queue.append(task)
                     actors.add(actor)
+                    self._task_event(spec, _pending_state(task))
                 else:
                     self._accept(spec)
         for spec, error in failed:
-            self._store_results(spec, [dumps_task_error(error)] * len(return_ids(spec)))
+            self._fail(spec, error)
         for actor in actors:
             self._pump(actor)
         self._schedule()
@@ -177,9 +191,19 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._want(self._to_look_up(request.object_ids))
         found = self.store.wait(request.object_ids, request.timeout,
                                 should_stop=lambda: not context.is_active())
-        return pb.GetObjectsReply(
-            objects=[pb.ObjectData(object_id=i, data=d) for i, d in found.items()],
-            timed_out=len(found) < len(set(request.object_ids)))
+        return pb.GetObjectsReply(objects=[self._object_data(i, request.map_files) for i in found],
+                                  timed_out=len(found) < len(set(request.object_ids)))
+
+    def _object_data(self, object_id: str, map_files: bool) -> pb.ObjectData:
+        """An object for a get: its bytes, or for a caller on this node a large object's file."""
+        if map_files:
+            found = self.store.read(object_id)
+            if isinstance(found, str):
+                return pb.ObjectData(object_id=object_id, path=found)
+            return pb.ObjectData(object_id=object_id, data=found)
+        _, source = self.store.open(object_id)
+        with source:
+            return pb.ObjectData(object_id=object_id, data=source.read())
 
     def WaitObjects(self, request, context):
         ids = list(request.object_ids)
@@ -210,22 +234,56 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         return pb.Empty()
 
     def PutObject(self, request, context):
-        self.store.put(request.object_id, request.data)
+        """An object from a process: its bytes, or (size set) the file it wrote into the store."""
+        try:
+            if request.size and not request.data:
+                self.store.seal(request.object_id, request.size)
+            else:
+                self.store.put(request.object_id, request.data)
+        except ObjectStoreFullError as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.Empty()
 
     def FetchObject(self, request, context):
-        data = self.store.get(request.object_id)
-        if data is None:
+        found = self.store.open(request.object_id)
+        if found is None:
             yield pb.ObjectChunk(found=False)
             return
-        for offset in range(0, max(len(data), 1), CHUNK_BYTES):
-            yield pb.ObjectChunk(data=data[offset:offset + CHUNK_BYTES], found=True)
+        size, source = found
+        with source:
+            for data in iter(lambda: source.read(CHUNK_BYTES), b""):
+                yield pb.ObjectChunk(data=data, found=True, size=size)
+
+    def FreeObjects(self, request, context):
+        """Their owner holds no reference any more: drop them here, and (broadcast) everywhere."""
+        self.store.free(request.object_ids)
+        if request.broadcast:
+            with self._lock:
+                addresses = [n.address for n in self._view.values()]
+            forward = pb.FreeObjectsRequest(object_ids=request.object_ids)
+            for address in addresses:  # best effort: a node that misses it frees at its stop
+                self._agent(address).FreeObjects.future(forward, timeout=10)
+        return pb.Empty()
+
+    def GetStoreInfo(self, request, context):
+        return pb.StoreInfo(directory=str(self.store.directory), capacity=self.store.capacity)
+
+    def _objects_in_use(self) -> set:
+        """Objects tasks running here read (their workers map the files): never spilled."""
+        with self._lock:
+            specs = [t.spec for t in self._running.values()]
+            specs += [t.spec for a in self._actors.values() for t in a.inflight.values()]
+            specs += [a.creation for a in self._actor_calls.values()]
+        return {d for spec in specs for d in spec.dependencies}
 
     # ------------------------------------------------------------------ scheduling
     def _accept(self, spec: pb.TaskSpec) -> None:
         self._expected.update(return_ids(spec))
         task = _Task(spec, dict(spec.resources), set())
         task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
+        self._task_event(spec, _pending_state(task))
         if not task.missing:
             self._ready.append(task)
             return
@@ -390,8 +448,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._cancelled.add(task_id)
             self._update_idle()
         if queued is not None:
-            self._store_results(queued.spec, [dumps_task_error(TaskCancelledError(queued.spec.name))]
-                                * len(return_ids(queued.spec)))
+            self._fail(queued.spec, TaskCancelledError(queued.spec.name))
             return pb.CancelReply(found=True)
         if running is None:
             return pb.CancelReply(found=False)
@@ -417,9 +474,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         return [(request.pg_id, index) for index in request.indexes]
 
     def _message(self, spec: pb.TaskSpec, gpu_ids: Optional[list]) -> bytes:
-        """What a worker gets: the spec, its dependencies' values, and the GPU devices it may see
-        (None: leave CUDA_VISIBLE_DEVICES as it is, on a node without GPUs)."""
-        dependencies = {d: self.store.get(d) for d in spec.dependencies}
+        """What a worker gets: the spec, its dependencies (small: their bytes; large: the file the
+        worker maps), and the GPU devices it may see (None: leave CUDA_VISIBLE_DEVICES as it is, on
+        a node without GPUs)."""
+        dependencies = {d: self.store.read(d) for d in spec.dependencies}
         return pickle.dumps((spec.SerializeToString(), dependencies, gpu_ids), protocol=5)
 
     def _run(self, task: _Task) -> None:
@@ -427,7 +485,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         if spec.kind == pb.TaskSpec.ACTOR_CREATION:
             self._start_actor(self._actors[spec.actor_id])
             return
-        self.pool.dispatch(spec.task_id, self._message(spec, task.gpu_ids))
+        worker = self.pool.dispatch(spec.task_id, self._message(spec, task.gpu_ids))
+        self._task_event(spec, "RUNNING", worker.pid)
 
     # ------------------------------------------------------------------ actors
     def _start_actor(self, actor: _Actor) -> None:
@@ -439,7 +498,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             with self._lock:
                 self._actor_calls[actor.creation.task_id] = actor
             worker.send(self._message(actor.creation, actor.gpu_ids))
-        record = self._publish_actor(actor, "ALIVE")
+        self._task_event(actor.creation, "RUNNING", worker.pid)
+        record = self._publish_actor(actor, "ALIVE", pid=worker.pid)
         if record is not None and record.state == "DEAD":  # killed while it waited to be placed
             with self._lock:
                 actor.killed = True
@@ -447,11 +507,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             return
         self._pump(actor)
 
-    def _publish_actor(self, actor: _Actor, state: str, cause: str = ""):
+    def _publish_actor(self, actor: _Actor, state: str, cause: str = "", pid: int = 0):
         try:
             reply = self._gcs.UpdateActor(pb.ActorInfo(
                 actor_id=actor.actor_id, state=state, node_id=self.node_id, address=self.address,
-                death_cause=cause, num_restarts=actor.num_restarts), timeout=10)
+                death_cause=cause, num_restarts=actor.num_restarts, pid=pid), timeout=10)
             return reply.info if reply.found else None
         except Exception as exc:
             log.warning("updating actor %s in the GCS failed: %s", actor.label, exc)
@@ -499,6 +559,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._update_idle()
             for task in batch:
                 worker.send(self._message(task.spec, actor.gpu_ids))
+                self._task_event(task.spec, "RUNNING", worker.pid)
 
     def _actor_worker_exited(self, actor: _Actor, worker) -> None:
         code = worker.process.returncode
@@ -525,8 +586,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._release(actor.hold, actor.gpu_ids)
             self._update_idle()
         for task in lost:
-            error = ActorDiedError(actor.label, cause)
-            self._store_results(task.spec, [dumps_task_error(error)] * len(return_ids(task.spec)))
+            self._fail(task.spec, ActorDiedError(actor.label, cause))
         if restart:
             log.info("restarting actor %s (%s)", actor.label, cause)
             self._start_actor(actor)
@@ -552,9 +612,28 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._expected.update(return_ids(task.spec))
                 self._ready.appendleft(task)
 
+    def _fail(self, spec: pb.TaskSpec, error) -> None:
+        """End a task that did not run to completion: `error` is its result."""
+        self._task_event(spec, "FAILED", error_type=type(error).__name__)
+        self._store_results(spec, [dumps_task_error(error)] * len(return_ids(spec)))
+
+    def _task_event(self, spec: pb.TaskSpec, state: str, pid: int = 0, error_type: str = "") -> None:
+        """Note a task's new state for the GCS task table (sent in batches by _events_loop)."""
+        self._task_events.append((spec.task_id, spec.name, state, spec.kind, spec.actor_id, pid,
+                                  error_type, time.time()))
+
     def _store_results(self, spec: pb.TaskSpec, results: list) -> None:
+        """Results are bytes, or the size of the file the worker wrote into the store; one that
+        finds no room in shared memory is kept on disk."""
         for object_id, data in zip(return_ids(spec), results):
-            self.store.put(object_id, data)
+            try:
+                if isinstance(data, int):
+                    self.store.seal(object_id, data, keep_on_disk=True)
+                else:
+                    self.store.put(object_id, data, keep_on_disk=True)
+            except (OSError, ValueError) as exc:  # its caller gets the error, the agent goes on
+                error = TaskError(spec.name, f"its result could not be stored: {exc}")
+                self.store.put(object_id, dumps_task_error(error))
         with self._lock:
             self._expected.difference_update(return_ids(spec))
             self._awaited.difference_update(return_ids(spec))
@@ -575,6 +654,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._cancelled.discard(task_id)
                 results = [dumps_task_error(TaskCancelledError(task.spec.name))] * len(results)
         if task is not None:
+            state, error_type = _finished_state(results)
+            self._task_event(task.spec, state, error_type=error_type)
             self._store_results(task.spec, results)
         if actor is None:
             self._schedule()
@@ -644,6 +725,22 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._view = {n.node_id: n for n in reply.nodes if n.node_id != self.node_id}
             self._schedule()
 
+    def _events_loop(self) -> None:
+        while not self._stopping.wait(TASK_EVENTS_S):
+            batch = []
+            while self._task_events and len(batch) < 10_000:
+                batch.append(self._task_events.popleft())
+            if not batch:
+                continue
+            events = [pb.TaskEvent(task_id=t, name=name, state=state, node_id=self.node_id,
+                                   worker_pid=pid, error_type=error, kind=TASK_KINDS[kind],
+                                   actor_id=actor, time=when)
+                      for t, name, state, kind, actor, pid, error, when in batch]
+            try:
+                self._gcs.AddTaskEvents(pb.TaskEvents(events=events), timeout=10)
+            except Exception as exc:  # informational: what a later batch brings is enough
+                log.warning("sending %d task events failed: %s", len(events), exc)
+
     def _location_loop(self) -> None:
         """Tell the GCS where new objects live, batching whatever arrived since the last call."""
         while not self._stopping.is_set():
@@ -695,10 +792,13 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def _fetch(self, location: pb.ObjectLocation) -> None:
         try:
-            chunks = [c for c in self._agent(location.address).FetchObject(
-                pb.FetchObjectRequest(object_id=location.object_id), timeout=300)]
-            if chunks and chunks[0].found:
-                self.store.put(location.object_id, b"".join(c.data for c in chunks))
+            chunks = self._agent(location.address).FetchObject(
+                pb.FetchObjectRequest(object_id=location.object_id), timeout=300)
+            first = next(chunks, None)
+            if first is not None and first.found:
+                rest = (c.data for c in chunks)
+                self.store.put_chunks(location.object_id, first.size,
+                                      itertools.chain([first.data], rest))
         except Exception as exc:
             log.warning("fetching %s from %s failed: %s", location.object_id, location.address, exc)
         finally:
@@ -717,6 +817,16 @@ def _spare_cpu(node: pb.NodeInfo) -> tuple:
     return node.available.get("CPU", 0.0), node.node_id
 
 
+def _pending_state(task: _Task) -> str:
+    return "PENDING_ARGS_AVAIL" if task.missing else "PENDING_NODE_ASSIGNMENT"
+
+
+def _finished_state(results: list) -> tuple:
+    """("FINISHED", "") or ("FAILED", the error's class name) from a task's result objects."""
+    error_type = error_class_name(results[0]) if results else ""
+    return ("FAILED", error_type) if error_type else ("FINISHED", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run this node's agent.")
     parser.add_argument("--node-id", required=True)
@@ -726,14 +836,17 @@ def main() -> None:
     parser.add_argument("--node-type", default="")
     parser.add_argument("--head", action="store_true")
     parser.add_argument("--resources", required=True, help="JSON object of resource -> amount")
+    parser.add_argument("--object-store-memory", type=int, default=0,
+                        help="bytes of shared memory for large objects (default: detected)")
     args = parser.parse_args()
     from runtime.session import read_token
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logs_dir().mkdir(parents=True, exist_ok=True)
+    remove_stale_dirs(runtime_dir())
     agent = NodeAgent(args.node_id, args.ip, args.node_type, args.head, json.loads(args.resources),
-                      args.gcs_address, read_token())
+                      args.gcs_address, read_token(), args.object_store_memory)
     server = agent.start(args.port)
     log.info("node agent %s listening on %s", args.node_id, agent.address)
 
@@ -748,3 +861,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

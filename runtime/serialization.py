@@ -1,28 +1,44 @@
-"""How values become bytes in the object store, and how ObjectRefs travel inside them.
+"""How values become objects, and how ObjectRefs travel inside them.
 
-An object is one header byte (value or error) followed by a cloudpickle (protocol 5) payload.
+An object is one contiguous blob, the same in the agent's memory, in a shared-memory file and on the
+wire: a header (kind: value or error; the pickle's length; each out-of-band buffer's offset and
+length), the cloudpickle protocol-5 stream, then the out-of-band buffers (numpy arrays, Arrow
+buffers, ...) each at a 64-byte aligned offset. Unpickling from a mapped file hands those buffers
+back as read-only views into the mapping: large arrays are read without a copy.
 Errors are stored as objects too, so `get` on a failed task's result raises on the caller's side.
 """
 
 from __future__ import annotations
 
+import pickle
+import struct
 import traceback
 
 import cloudpickle
 
+from runtime import refs
 from runtime.errors import TaskError
 
 _VALUE = b"V"
 _ERROR = b"E"
+_HEADER = struct.Struct("<4scxxxIxxxxQ")  # magic, kind, buffer count, pickle length
+_BUFFER = struct.Struct("<QQ")  # offset, length
+_MAGIC = b"RTO1"
+_ALIGN = 64
 
 
 class ObjectRef:
-    """A reference to an object that exists, or will exist, somewhere in the cluster."""
+    """A reference to an object that exists, or will exist, somewhere in the cluster.
 
-    __slots__ = ("_id",)
+    A ref the runtime made for this process (`put`, `.remote()`) is owned: when the last such ref
+    goes, the process may free the object (see runtime.refs). Pickling a ref lets it escape.
+    """
 
-    def __init__(self, object_id: str):
+    __slots__ = ("_id", "_owned")
+
+    def __init__(self, object_id: str, _owned: bool = False):
         self._id = object_id
+        self._owned = _owned
 
     def hex(self) -> str:
         return self._id
@@ -37,45 +53,131 @@ class ObjectRef:
         return f"ObjectRef({self._id})"
 
     def __reduce__(self):
+        if self._owned:
+            refs.escaped(self._id)
         return (ObjectRef, (self._id,))
 
+    def __del__(self):
+        if self._owned:
+            refs.dropped(self._id)
 
-def dumps_value(value) -> bytes:
-    return _VALUE + cloudpickle.dumps(value, protocol=5)
+
+class _Dependency:
+    """Stands for a top-level ObjectRef argument in a task's pickled arguments: the worker gets
+    the value in its place, and the ref does not escape (the owner tracks the task instead)."""
+
+    __slots__ = ("object_id",)
+
+    def __init__(self, object_id: str):
+        self.object_id = object_id
+
+    def __reduce__(self):
+        return (_Dependency, (self.object_id,))
 
 
-def dumps_error(task_name: str, exc: BaseException) -> bytes:
-    """Serialize an exception raised by user code, keeping the remote traceback as text."""
+class Serialized:
+    """A value as an object: write `chunks()` one after another, or take `to_bytes()`."""
+
+    def __init__(self, kind: bytes, value):
+        buffers: list = []
+        self.pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        self.buffers = [b.raw() for b in buffers]
+        offset = _HEADER.size + _BUFFER.size * len(self.buffers) + len(self.pickled)
+        self.layout = []
+        for buffer in self.buffers:
+            offset = _aligned(offset)
+            self.layout.append((offset, buffer.nbytes))
+            offset += buffer.nbytes
+        self.size = offset
+        self.header = _HEADER.pack(_MAGIC, kind, len(self.buffers), len(self.pickled)) + b"".join(
+            _BUFFER.pack(o, n) for o, n in self.layout)
+
+    def chunks(self) -> list:
+        """The blob's pieces in order, padding included."""
+        pieces, end = [self.header, self.pickled], len(self.header) + len(self.pickled)
+        for (offset, length), buffer in zip(self.layout, self.buffers):
+            pieces += [bytes(offset - end), buffer]
+            end = offset + length
+        return pieces
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+def _aligned(offset: int) -> int:
+    return (offset + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def serialize(value) -> Serialized:
+    return Serialized(_VALUE, value)
+
+
+def serialize_error(task_name: str, exc: BaseException) -> Serialized:
+    """An exception raised by user code, keeping the remote traceback as text."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        return _ERROR + cloudpickle.dumps(TaskError(task_name, text, exc), protocol=5)
+        return Serialized(_ERROR, TaskError(task_name, text, exc))
     except Exception:  # the user's exception itself cannot be pickled: keep its text
-        return _ERROR + cloudpickle.dumps(TaskError(task_name, text), protocol=5)
+        return Serialized(_ERROR, TaskError(task_name, text))
+
+
+def serialize_task_error(error: TaskError) -> Serialized:
+    return Serialized(_ERROR, error)
 
 
 def dumps_task_error(error: TaskError) -> bytes:
-    return _ERROR + cloudpickle.dumps(error, protocol=5)
+    return serialize_task_error(error).to_bytes()
 
 
-def loads(data: bytes):
-    """Return the stored value, or raise the stored TaskError."""
-    value = cloudpickle.loads(data[1:])
-    if data[:1] == _ERROR:
+def loads(blob):
+    """Return the stored value, or raise the stored TaskError. `blob` is bytes or a memoryview of
+    a mapped file; buffers inside the value point into it, read-only."""
+    view = memoryview(blob)
+    magic, kind, count, pickle_len = _HEADER.unpack_from(view)
+    if magic != _MAGIC:
+        raise ValueError("not a runtime object (bad header)")
+    start = _HEADER.size + _BUFFER.size * count
+    buffers = [view[o:o + n] for o, n in (_BUFFER.unpack_from(view, _HEADER.size + _BUFFER.size * i)
+                                          for i in range(count))]
+    value = pickle.loads(view[start:start + pickle_len], buffers=buffers)
+    if kind == _ERROR:
         raise value
     return value
 
 
+def error_class_name(result) -> str:
+    """For state listings: "" when a task result (bytes, or the size of a file the worker wrote:
+    not read here) holds a value; else the class of the error, or of the user exception inside."""
+    if not isinstance(result, bytes) or result[4:5] != _ERROR:
+        return ""
+    try:
+        loads(result)
+    except TaskError as error:
+        return type(error.cause or error).__name__
+    except Exception:  # the user's exception class cannot be loaded here
+        return TaskError.__name__
+    return ""
+
+
 def dumps_args(args: tuple, kwargs: dict) -> tuple[bytes, list[str]]:
-    """Pickle a call's arguments; top-level ObjectRefs become dependencies the task waits for."""
+    """Pickle a call's arguments; top-level ObjectRefs become dependencies the task waits for.
+    The process keeps those objects until the task's results exist (runtime.refs)."""
+    def mark(a):
+        return _Dependency(a.hex()) if isinstance(a, ObjectRef) else a
+
     deps = [a.hex() for a in list(args) + list(kwargs.values()) if isinstance(a, ObjectRef)]
-    return cloudpickle.dumps((args, kwargs), protocol=5), deps
+    refs.hold(deps)
+    data = cloudpickle.dumps((tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}),
+                             protocol=5)
+    return data, deps
 
 
-def loads_args(data: bytes, resolved: dict[str, bytes]) -> tuple[tuple, dict]:
-    """Unpickle arguments, replacing each top-level ObjectRef by its value (raising its error)."""
+def loads_args(data: bytes, resolved: dict) -> tuple[tuple, dict]:
+    """Unpickle arguments, replacing each top-level dependency by its value (raising its error);
+    `resolved` maps object id -> blob (bytes or a mapped file's memoryview)."""
     args, kwargs = cloudpickle.loads(data)
 
     def resolve(a):
-        return loads(resolved[a.hex()]) if isinstance(a, ObjectRef) else a
+        return loads(resolved[a.object_id]) if isinstance(a, _Dependency) else a
 
     return tuple(resolve(a) for a in args), {k: resolve(v) for k, v in kwargs.items()}

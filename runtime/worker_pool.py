@@ -52,8 +52,8 @@ class WorkerPool:
         self._all: set[Worker] = set()
         self._lock = threading.Lock()
 
-    def dispatch(self, task_id: str, message: bytes) -> None:
-        """Hand a task to an idle worker, starting a new one when none is idle."""
+    def dispatch(self, task_id: str, message: bytes) -> Worker:
+        """Hand a task to an idle worker, starting a new one when none is idle; returns it."""
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
@@ -64,6 +64,7 @@ class WorkerPool:
                 worker.conn.send_bytes(message)
         except OSError:
             pass  # the reader thread reports the death with this task attached
+        return worker
 
     def dedicated(self, on_exit: Callable) -> Worker:
         """A worker for one actor: never returned to the idle pool; on_exit(worker) when it dies."""

@@ -124,6 +124,21 @@ class GcsStub:
                 request_serializer=runtime__pb2.ResourceRequest.SerializeToString,
                 response_deserializer=runtime__pb2.Empty.FromString,
                 _registered_method=True)
+        self.AddTaskEvents = channel.unary_unary(
+                '/clusterrt.Gcs/AddTaskEvents',
+                request_serializer=runtime__pb2.TaskEvents.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/clusterrt.Gcs/ListTasks',
+                request_serializer=runtime__pb2.ListRequest.SerializeToString,
+                response_deserializer=runtime__pb2.TaskEvents.FromString,
+                _registered_method=True)
+        self.ListActors = channel.unary_unary(
+                '/clusterrt.Gcs/ListActors',
+                request_serializer=runtime__pb2.ListRequest.SerializeToString,
+                response_deserializer=runtime__pb2.ActorList.FromString,
+                _registered_method=True)
 
 
 class GcsServicer:
@@ -240,6 +255,25 @@ class GcsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddTaskEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """each task's latest state, newest first
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +366,21 @@ def add_GcsServicer_to_server(servicer, server):
                     servicer.RequestResources,
                     request_deserializer=runtime__pb2.ResourceRequest.FromString,
                     response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'AddTaskEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddTaskEvents,
+                    request_deserializer=runtime__pb2.TaskEvents.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=runtime__pb2.ListRequest.FromString,
+                    response_serializer=runtime__pb2.TaskEvents.SerializeToString,
+            ),
+            'ListActors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActors,
+                    request_deserializer=runtime__pb2.ListRequest.FromString,
+                    response_serializer=runtime__pb2.ActorList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -820,6 +869,87 @@ class Gcs:
             '/clusterrt.Gcs/RequestResources',
             runtime__pb2.ResourceRequest.SerializeToString,
             runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddTaskEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/AddTaskEvents',
+            runtime__pb2.TaskEvents.SerializeToString,
+            runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/ListTasks',
+            runtime__pb2.ListRequest.SerializeToString,
+            runtime__pb2.TaskEvents.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/ListActors',
+            runtime__pb2.ListRequest.SerializeToString,
+            runtime__pb2.ActorList.FromString,
             options,
             channel_credentials,
             insecure,
