@@ -3,4 +3,4 @@
 # Usage: bash scripts/test.sh [pytest args]
 source "$(dirname "$0")/bootstrap.sh"
 echo "==> Running the tests"
-exec python -m pytest -q -p no:cacheprovider "$@" tests moto_tests
+exec python -m pytest -q -p no:cacheprovider "$@" tests moto_tests gcp_tests azure_tests
