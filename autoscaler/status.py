@@ -8,8 +8,9 @@ import time
 from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
+from runtime.session import AUTOSCALER_STATUS_KEY
 
-STATUS_KEY = "autoscaler:status"
+STATUS_KEY = AUTOSCALER_STATUS_KEY
 
 
 def fetch(gcs_address: str, token: str) -> tuple:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import atexit
 import hashlib
 import inspect
+import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -26,9 +28,10 @@ from runtime.generated import runtime_pb2_grpc as pb_grpc
 import grpc
 
 from runtime.placement import scheduled_need
+from runtime.resources import fits
 from runtime.object_store import map_file, stage
 from runtime.serialization import ObjectRef, dumps_args, dumps_task_error, loads, serialize
-from runtime.session import TOKEN_ENV, read_session, read_token
+from runtime.session import AUTOSCALER_STATUS_KEY, TOKEN_ENV, read_session, read_token
 
 
 class _Client:
@@ -242,6 +245,7 @@ class FunctionTable:
         return function
 
 
+WARN_AFTER_S = 10.0  # a get waiting this long checks for work that can never be placed
 _client: Optional[_Client] = None
 _client_lock = threading.Lock()
 
@@ -415,7 +419,7 @@ class RemoteFunction:
         if self._exported_by is not client:
             self._function_id = client.functions.export(self._function)
             self._exported_by = client
-        data, deps = dumps_args(args, kwargs)
+        data, deps = dumps_args(args, kwargs, f"{self._name}.remote()")
         task_id = uuid.uuid4().hex
         spec = pb.TaskSpec(task_id=task_id, function_id=self._function_id, name=self._name, args=data,
                            dependencies=deps, return_id=task_id, resources=self._resources,
@@ -470,6 +474,7 @@ class ActorClass:
         hold = _resource_dict(o.get("num_cpus"), o.get("num_gpus"), o.get("resources"))
         place = dict(hold) if o.get("num_cpus") is not None else {**hold, "CPU": 1.0}
         hold, place = scheduled_need(hold, o), scheduled_need(place, o)
+        data, deps = dumps_args(args, kwargs, f"{class_name}.remote()")  # before it is registered
         actor_id = uuid.uuid4().hex
         name = o.get("name") or ""
         namespace = o.get("namespace") or DEFAULT_NAMESPACE
@@ -480,7 +485,6 @@ class ActorClass:
             if o.get("get_if_exists"):
                 return ActorHandle(reply.info.actor_id, reply.info.class_name, list(reply.info.methods))
             raise ValueError(reply.error)
-        data, deps = dumps_args(args, kwargs)
         label = f"{class_name}({name or actor_id[:8]})"
         spec = pb.TaskSpec(task_id=actor_id, function_id=self._class_id, name=label, args=data,
                            dependencies=deps, return_id=f"{actor_id}ready", resources=place,
@@ -540,7 +544,7 @@ class ActorMethod:
     def remote(self, *args, **kwargs):
         client = _connected()
         handle = self._handle
-        data, deps = dumps_args(args, kwargs)
+        data, deps = dumps_args(args, kwargs, f"{handle._label}.{self._method}.remote()")
         task_id = uuid.uuid4().hex
         spec = pb.TaskSpec(task_id=task_id, name=f"{handle._label}.{self._method}", args=data,
                            dependencies=deps, return_id=task_id,
@@ -667,15 +671,25 @@ def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float]
 
 
 def _blobs(client: _Client, ids: list, timeout: Optional[float]) -> dict:
-    """id -> the object: bytes, or a read-only mapping of its file when it is on this machine."""
+    """id -> the object: bytes, or a read-only mapping of its file when it is on this machine.
+    A get still waiting after WARN_AFTER_S warns once if queued work can never be placed."""
     map_files = client.store_directory() is not None
     blobs: dict = {}
     missing = list(dict.fromkeys(ids))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    warned = False
     while missing:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = remaining if warned else min(WARN_AFTER_S, WARN_AFTER_S if remaining is None else remaining)
         reply = client.agent.GetObjects(pb.GetObjectsRequest(
-            object_ids=missing, timeout=-1 if timeout is None else timeout, map_files=map_files))
+            object_ids=missing, timeout=-1 if wait is None else wait, map_files=map_files))
         if reply.timed_out:
-            raise GetTimeoutError(f"get() timed out after {timeout}s waiting for {len(ids)} object(s)")
+            if remaining is not None and wait >= remaining:
+                raise GetTimeoutError(f"get() timed out after {timeout}s waiting for "
+                                      f"{len(ids)} object(s)")
+            warned = True
+            _warn_if_infeasible(client)
+            continue
         for found in reply.objects:
             if not found.path:
                 blobs[found.object_id] = found.data
@@ -686,6 +700,23 @@ def _blobs(client: _Client, ids: list, timeout: Optional[float]) -> dict:
                 pass
         missing = [i for i in missing if i not in blobs]
     return blobs
+
+
+def _warn_if_infeasible(client: _Client) -> None:
+    """Tell the driver, on stderr, about queued work no node can ever hold: with an autoscaler,
+    the shapes it found no node type for; without, shapes larger than every live node."""
+    state = client.gcs.GetClusterState(pb.Empty(), timeout=10)
+    status = client.gcs.KvGet(pb.KvRequest(key=AUTOSCALER_STATUS_KEY), timeout=10)
+    if status.found:
+        infeasible = json.loads(status.value).get("infeasible", [])
+    else:
+        infeasible = [dict(d.shape) for d in state.demand
+                      if not any(fits(dict(d.shape), dict(n.total)) for n in state.nodes)]
+    for shape in infeasible:
+        needs = ", ".join(f"{k}: {v:g}" for k, v in sorted(shape.items()))
+        print(f"Warning: work needing {{{needs}}} cannot be scheduled: no node has "
+              f"these resources and none can be launched for it (see `cluster status`).",
+              file=sys.stderr)
 
 
 def put(value) -> ObjectRef:

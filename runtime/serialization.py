@@ -159,16 +159,20 @@ def error_class_name(result) -> str:
     return ""
 
 
-def dumps_args(args: tuple, kwargs: dict) -> tuple[bytes, list[str]]:
+def dumps_args(args: tuple, kwargs: dict, call: str) -> tuple[bytes, list[str]]:
     """Pickle a call's arguments; top-level ObjectRefs become dependencies the task waits for.
-    The process keeps those objects until the task's results exist (runtime.refs)."""
+    The process keeps those objects until the task's results exist (runtime.refs). An argument
+    that cannot be pickled is a TypeError naming the call (e.g. "train.remote()")."""
     def mark(a):
         return _Dependency(a.hex()) if isinstance(a, ObjectRef) else a
 
+    try:
+        data = cloudpickle.dumps((tuple(mark(a) for a in args),
+                                  {k: mark(v) for k, v in kwargs.items()}), protocol=5)
+    except Exception as exc:
+        raise TypeError(f"{call}: an argument cannot be serialized: {exc}") from None
     deps = [a.hex() for a in list(args) + list(kwargs.values()) if isinstance(a, ObjectRef)]
     refs.hold(deps)
-    data = cloudpickle.dumps((tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}),
-                             protocol=5)
     return data, deps
 
 

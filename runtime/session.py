@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 TOKEN_ENV = "CLUSTER_AUTH_TOKEN"
+AUTOSCALER_STATUS_KEY = "autoscaler:status"  # GCS KV: what the autoscaler last decided (JSON)
 
 
 RUNTIME_DIR_ENV = "CLUSTER_RUNTIME_DIR"

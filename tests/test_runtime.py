@@ -192,3 +192,28 @@ def test_joining_with_a_wrong_token_is_refused_in_one_line(two_nodes, runtime_ho
         node.start_worker(head.gcs_address, {"CPU": 1}, ip="127.0.3.4", node_id="x", token="f" * 64)
     assert "\n" not in str(info.value)
     assert not (runtime_home / "intruder" / "session.json").exists()
+
+
+def test_bad_calls_are_clear_errors_and_the_cluster_keeps_serving(two_nodes, monkeypatch, capfd):
+    import threading
+
+    with pytest.raises(TypeError, match=r"add\.remote\(\): an argument cannot be serialized"):
+        add.remote(threading.Lock(), 1)
+    with pytest.raises(TypeError, match="cannot be called directly"):
+        add(1, 2)
+    with pytest.raises(TypeError, match="get\\(\\) takes an ObjectRef"):
+        ray.get(5)
+
+    @ray.remote
+    def returns_a_lock():
+        return threading.Lock()
+
+    with pytest.raises(ray.TaskError, match="cannot pickle"):
+        ray.get(returns_a_lock.remote(), timeout=30)
+
+    monkeypatch.setattr(ray.api, "WARN_AFTER_S", 0.5)
+    never = ray.remote(num_gpus=4)(lambda: 1).remote()  # no node has GPUs, and no autoscaler
+    with pytest.raises(ray.GetTimeoutError):
+        ray.get(never, timeout=2)
+    assert "Warning: work needing {CPU: 1, GPU: 4} cannot be scheduled" in capfd.readouterr().err
+    assert ray.get(add.remote(1, 2), timeout=30) == 3
