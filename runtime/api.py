@@ -489,7 +489,8 @@ class ActorClass:
         spec = pb.TaskSpec(task_id=actor_id, function_id=self._class_id, name=label, args=data,
                            dependencies=deps, return_id=f"{actor_id}ready", resources=place,
                            kind=pb.TaskSpec.ACTOR_CREATION, actor_id=actor_id,
-                           hold_resources=hold, max_restarts=int(o.get("max_restarts") or 0))
+                           hold_resources=hold, max_restarts=int(o.get("max_restarts") or 0),
+                           max_concurrency=int(o.get("max_concurrency") or 0))
         client.agent.SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=60)
         if client.is_driver and o.get("lifetime") != "detached":
             client.owned_actors.append(actor_id)

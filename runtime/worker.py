@@ -12,10 +12,15 @@ the worker itself; only their size goes back to the agent.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import pickle
 import signal
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
 from multiprocessing.connection import Connection
 
 from runtime import api
@@ -40,52 +45,133 @@ def _interrupt(signum, frame):
 def run_task(spec: pb.TaskSpec, dependencies: dict) -> list[Serialized]:
     """Run one task, actor creation or actor method; one object per return id. `dependencies`
     maps object id -> bytes, or the path of a file to map."""
-    global _actor, _actor_error
-    count = max(1, len(spec.return_ids))
+    global _actor_error
     if spec.kind == pb.TaskSpec.ACTOR_METHOD and _actor_error is not None:
-        return [_actor_error] * count
+        return [_actor_error] * _count(spec)
     attempts_left = spec.max_retries - spec.attempt if spec.retry_exceptions else 0
     while True:
         try:
-            blobs = {d: map_file(v) if isinstance(v, str) else v for d, v in dependencies.items()}
-            args, kwargs = loads_args(spec.args, blobs)
-            if spec.kind == pb.TaskSpec.ACTOR_METHOD:
-                value = getattr(_actor, spec.method)(*args, **kwargs)
-            elif spec.kind == pb.TaskSpec.ACTOR_CREATION:
-                cls = api.function_table().load(spec.function_id)
-                _actor = cls(*args, **kwargs)
-                return [serialize(None)]
-            else:
-                value = api.function_table().load(spec.function_id)(*args, **kwargs)
-            if count == 1:
-                return [serialize(value)]
-            values = list(value)
-            if len(values) != count:
-                raise ValueError(f"task {spec.name} declared num_returns={count} "
-                                 f"but returned {len(values)} values")
-            return [serialize(v) for v in values]
-        except TaskError as exc:  # a failed dependency: its error is the result, unchanged
-            result = serialize_task_error(exc)
+            return _results(spec, _invoke(spec, dependencies))
         except BaseException as exc:  # everything the user's code raises goes back to the caller
             if attempts_left != 0 and spec.kind == pb.TaskSpec.TASK and \
-                    not isinstance(exc, KeyboardInterrupt):
+                    not isinstance(exc, (TaskError, KeyboardInterrupt)):
                 attempts_left -= 1
                 continue
-            result = serialize_error(spec.name, exc)
+            results = _error_results(spec, exc)
         if spec.kind == pb.TaskSpec.ACTOR_CREATION:
-            _actor_error = result
-        return [result] * count
+            _actor_error = results[0]
+        return results
+
+
+async def run_task_async(spec: pb.TaskSpec, dependencies: dict) -> list[Serialized]:
+    """An async actor's method call: awaited on the actor's event loop."""
+    if _actor_error is not None:
+        return [_actor_error] * _count(spec)
+    try:
+        value = _invoke(spec, dependencies)
+        if inspect.isawaitable(value):
+            value = await value
+        return _results(spec, value)
+    except BaseException as exc:
+        return _error_results(spec, exc)
+
+
+def _invoke(spec: pb.TaskSpec, dependencies: dict):
+    """Call what the spec names with its arguments; returns what the call returned."""
+    global _actor
+    blobs = {d: map_file(v) if isinstance(v, str) else v for d, v in dependencies.items()}
+    args, kwargs = loads_args(spec.args, blobs)
+    if spec.kind == pb.TaskSpec.ACTOR_METHOD:
+        return getattr(_actor, spec.method)(*args, **kwargs)
+    function = api.function_table().load(spec.function_id)
+    if spec.kind == pb.TaskSpec.ACTOR_CREATION:
+        _actor = function(*args, **kwargs)
+        return None
+    return function(*args, **kwargs)
+
+
+def _count(spec: pb.TaskSpec) -> int:
+    return max(1, len(spec.return_ids))
+
+
+def _results(spec: pb.TaskSpec, value) -> list[Serialized]:
+    count = _count(spec)
+    if count == 1:
+        return [serialize(value)]
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"task {spec.name} declared num_returns={count} "
+                         f"but returned {len(values)} values")
+    return [serialize(v) for v in values]
+
+
+def _error_results(spec: pb.TaskSpec, exc: BaseException) -> list[Serialized]:
+    if isinstance(exc, TaskError):  # a failed dependency: its error is the result, unchanged
+        return [serialize_task_error(exc)] * _count(spec)
+    return [serialize_error(spec.name, exc)] * _count(spec)
+
+
+class ConcurrentActor:
+    """Runs an actor's method calls side by side instead of one after another: an actor with
+    `async def` methods awaits them on one event loop (Ray's async actors); an actor created with
+    max_concurrency > 1 runs them in that many threads (threaded actors). At most max_concurrency
+    (default 1000 for async) run at once; each result goes back when its call ends, in any order,
+    since the agent matches results by task id."""
+
+    def __init__(self, is_async: bool, max_concurrency: int, send_result: Callable):
+        self._send = send_result
+        if is_async:
+            self._loop = asyncio.new_event_loop()
+            self._slots = asyncio.Semaphore(max_concurrency or 1000)
+            threading.Thread(target=self._loop.run_forever, daemon=True, name="actor-loop").start()
+            self._threads = None
+        else:
+            self._threads = ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor-call")
+
+    def submit(self, spec: pb.TaskSpec, dependencies: dict) -> None:
+        if self._threads is not None:
+            self._threads.submit(lambda: self._send(spec, run_task(spec, dependencies)))
+        else:
+            asyncio.run_coroutine_threadsafe(self._call(spec, dependencies), self._loop)
+
+    async def _call(self, spec: pb.TaskSpec, dependencies: dict) -> None:
+        async with self._slots:
+            results = await run_task_async(spec, dependencies)
+        await asyncio.get_running_loop().run_in_executor(None, self._send, spec, results)
+
+
+def _concurrency(spec: pb.TaskSpec) -> Optional[ConcurrentActor]:
+    """After an actor's creation: how its calls run, if not one at a time."""
+    is_async = _actor is not None and any(
+        inspect.iscoroutinefunction(getattr(type(_actor), name, None)) for name in dir(type(_actor)))
+    if not is_async and spec.max_concurrency <= 1:
+        return None
+    return ConcurrentActor(is_async, spec.max_concurrency, _send_result)
+
+
+_conn: Optional[Connection] = None
+_send_lock = threading.Lock()
+
+
+def _send_result(spec: pb.TaskSpec, results: list) -> None:
+    store = os.environ.get("CLUSTER_OBJECT_STORE_DIR")
+    ids = list(spec.return_ids) or [spec.return_id]
+    outputs = [_output(store, i, obj, spec.name) for i, obj in zip(ids, results)]
+    message = pickle.dumps(("result", spec.task_id, outputs), protocol=5)
+    with _send_lock:
+        _conn.send_bytes(message)
 
 
 def main() -> None:
-    global _in_task
+    global _in_task, _conn
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _interrupt)
-    conn = Connection(int(sys.argv[1]))
+    _conn = Connection(int(sys.argv[1]))
     api.connect_from_environment()
+    concurrent: Optional[ConcurrentActor] = None
     while True:
         try:
-            message = conn.recv_bytes()
+            message = _conn.recv_bytes()
         except EOFError:
             os._exit(0)  # the agent went away
         spec_bytes, dependencies, gpu_ids = pickle.loads(message)
@@ -93,15 +179,17 @@ def main() -> None:
         if gpu_ids is not None:  # a GPU node: the task sees its own devices and no others
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
             api.set_gpu_ids(gpu_ids)
+        if concurrent is not None:
+            concurrent.submit(spec, dependencies)
+            continue
         _in_task = True
         try:
             results = run_task(spec, dependencies)
         finally:
             _in_task = False
-        store = os.environ.get("CLUSTER_OBJECT_STORE_DIR")
-        ids = list(spec.return_ids) or [spec.return_id]
-        outputs = [_output(store, i, obj, spec.name) for i, obj in zip(ids, results)]
-        conn.send_bytes(pickle.dumps(("result", spec.task_id, outputs), protocol=5))
+        _send_result(spec, results)
+        if spec.kind == pb.TaskSpec.ACTOR_CREATION:
+            concurrent = _concurrency(spec)
 
 
 def _output(store, object_id: str, obj: Serialized, task_name: str):

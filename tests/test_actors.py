@@ -473,3 +473,56 @@ def test_cancel_after_the_task_finished_keeps_its_result(cluster):
     assert ray.get(done, timeout=30) == 42
     ray.cancel(done)
     assert ray.get(done, timeout=30) == 42
+
+
+@ray.remote
+class AsyncBarrier:
+    """Every call waits until `parties` calls are inside at once: only concurrent calls finish."""
+
+    def __init__(self, parties):
+        import asyncio
+
+        self.parties, self.inside, self.event = parties, 0, asyncio.Event()
+
+    async def arrive(self, i):
+        self.inside += 1
+        if self.inside == self.parties:
+            self.event.set()
+        await self.event.wait()
+        return i
+
+    def count(self):  # a plain method of an async actor runs on its event loop too
+        return self.inside
+
+
+def test_async_actor_runs_its_calls_concurrently(cluster):
+    barrier = AsyncBarrier.remote(20)
+    assert ray.get([barrier.arrive.remote(i) for i in range(20)], timeout=30) == list(range(20))
+    assert ray.get(barrier.count.remote(), timeout=30) == 20
+
+
+@ray.remote
+class ThreadedBarrier:
+    def __init__(self, parties):
+        import threading
+
+        self.barrier = threading.Barrier(parties, timeout=20)
+
+    def arrive(self, i):
+        self.barrier.wait()
+        return i
+
+
+def test_max_concurrency_runs_a_plain_actors_calls_in_threads(cluster):
+    barrier = ThreadedBarrier.options(max_concurrency=4).remote(4)
+    assert sorted(ray.get([barrier.arrive.remote(i) for i in range(4)], timeout=30)) == [0, 1, 2, 3]
+
+
+def test_async_actor_method_errors_reach_the_caller(cluster):
+    @ray.remote
+    class Failing:
+        async def boom(self):
+            raise KeyError("async boom")
+
+    with pytest.raises(ray.TaskError, match="async boom"):
+        ray.get(Failing.remote().boom.remote(), timeout=30)
