@@ -66,3 +66,16 @@ class TaskCancelledError(TaskError):
 
     def __reduce__(self):
         return (TaskCancelledError, (self.task_name, self.traceback_text, self.cause))
+
+
+class ObjectLostError(TaskError):
+    """Every copy of an object was on nodes that died, and it could not be made again."""
+
+    def __init__(self, object_id: str, detail: str, cause=None):
+        RuntimeClusterError.__init__(self, f"object {object_id} was lost: {detail}")
+        self.task_name = object_id
+        self.traceback_text = detail
+        self.cause = cause
+
+    def __reduce__(self):
+        return (ObjectLostError, (self.task_name, self.traceback_text, self.cause))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -23,8 +24,10 @@ from runtime.resources import shape_key
 
 log = logging.getLogger("gcs")
 
-NODE_TIMEOUT_S = 10.0  # a node silent this long is dead
+NODE_TIMEOUT_S = 10.0  # a node silent this long is dead ($CLUSTER_NODE_TIMEOUT_S overrides)
 MAX_TASK_RECORDS = 10_000  # the task table keeps the latest state of this many tasks
+DEAD_NODES_KEPT_S = 60.0  # heartbeats name nodes that died this recently
+MAX_LOST_OBJECTS = 100_000  # lost object ids remembered (for lineage reconstruction)
 
 
 @dataclass
@@ -45,6 +48,8 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._actor_names: dict[tuple, str] = {}  # (namespace, name) -> actor id, while not DEAD
         self._requested: list = []  # request_resources() bundles
         self._tasks: OrderedDict[str, pb.TaskEvent] = OrderedDict()  # latest event, oldest first
+        self._dead: dict[str, float] = {}  # node id -> when it died
+        self._lost: OrderedDict[str, None] = OrderedDict()  # objects whose every copy died
         self._groups = PlacementGroupTable(self._lock, self._free_resources, token)
 
     # -- nodes
@@ -74,7 +79,10 @@ class GcsServicer(pb_grpc.GcsServicer):
             node.demand = {shape_key(d.shape): d.count for d in request.demand}
             self._expire_nodes()
             # draining nodes are left out: no node forwards work to one that is about to go
-            return pb.HeartbeatReply(nodes=[n.info for n in self._nodes.values() if not n.info.draining])
+            recent = time.monotonic() - DEAD_NODES_KEPT_S
+            return pb.HeartbeatReply(
+                nodes=[n.info for n in self._nodes.values() if not n.info.draining],
+                dead_nodes=[node_id for node_id, when in self._dead.items() if when > recent])
 
     def DrainNodes(self, request, context):
         """Before the autoscaler removes idle nodes: take them out of every node's view."""
@@ -172,8 +180,17 @@ class GcsServicer(pb_grpc.GcsServicer):
         if self._nodes.pop(node_id, None) is None:
             return
         log.info("node %s removed: %s", node_id, why)
-        for holders in self._locations.values():
+        now = time.monotonic()
+        self._dead = {n: t for n, t in self._dead.items() if t > now - DEAD_NODES_KEPT_S}
+        self._dead[node_id] = now
+        for object_id in [i for i, holders in self._locations.items() if node_id in holders]:
+            holders = self._locations[object_id]
             holders.discard(node_id)
+            if not holders:
+                del self._locations[object_id]
+                self._lost[object_id] = None
+        while len(self._lost) > MAX_LOST_OBJECTS:
+            self._lost.popitem(last=False)
         for info in self._actors.values():
             if info.node_id == node_id and info.state != "DEAD":
                 self._set_dead(info, f"its node {node_id} died ({why})")
@@ -247,6 +264,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         with self._lock:
             for object_id in request.object_ids:
                 self._locations[object_id].add(request.node_id)
+                self._lost.pop(object_id, None)
             self._lock.notify_all()
         return pb.Empty()
 
@@ -255,9 +273,10 @@ class GcsServicer(pb_grpc.GcsServicer):
         with self._lock:
             while True:
                 found = self._known_locations(request.object_ids)
+                lost = [i for i in request.object_ids if i in self._lost]
                 remaining = deadline - time.monotonic()
-                if found or remaining <= 0 or not context.is_active():
-                    return pb.WaitLocationsReply(locations=found)
+                if found or lost or remaining <= 0 or not context.is_active():
+                    return pb.WaitLocationsReply(locations=found, lost=lost)
                 self._lock.wait(min(remaining, 1.0))
 
     def _known_locations(self, object_ids):
@@ -272,10 +291,10 @@ class GcsServicer(pb_grpc.GcsServicer):
         return found
 
 
-def serve(ip: str, port: int, token: str) -> tuple:
+def serve(ip: str, port: int, token: str, node_timeout_s: float = NODE_TIMEOUT_S) -> tuple:
     """Start a GCS server on ip:port; returns (server, bound port)."""
     server = rpc.make_server(token, max_workers=64)
-    pb_grpc.add_GcsServicer_to_server(GcsServicer(token), server)
+    pb_grpc.add_GcsServicer_to_server(GcsServicer(token, node_timeout_s), server)
     bound = server.add_insecure_port(f"{ip}:{port}")
     if bound == 0:
         raise OSError(f"GCS cannot listen on {ip}:{port} (address in use?)")
@@ -291,7 +310,8 @@ def main():
     from runtime.session import read_token
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server, port = serve(args.ip, args.port, read_token())
+    timeout = float(os.environ.get("CLUSTER_NODE_TIMEOUT_S") or NODE_TIMEOUT_S)
+    server, port = serve(args.ip, args.port, read_token(), timeout)
     log.info("GCS listening on %s:%d", args.ip, port)
     server.wait_for_termination()
 

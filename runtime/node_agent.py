@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -27,8 +27,8 @@ from typing import Optional
 import grpc
 
 from runtime import rpc
-from runtime.errors import (ActorDiedError, ObjectStoreFullError, TaskCancelledError, TaskError,
-                            WorkerCrashedError)
+from runtime.errors import (ActorDiedError, ObjectLostError, ObjectStoreFullError, TaskCancelledError,
+                            TaskError, WorkerCrashedError)
 from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
@@ -46,6 +46,9 @@ CHUNK_BYTES = 1 << 20
 MAX_HOPS = 4  # a task forwarded this often stays where it is
 MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
 TASK_EVENTS_S = 1.0  # task state changes go to the GCS task table this often, batched
+FORWARDED_CHECK_S = 5.0  # forwarded tasks whose results exist are forgotten this often
+MAX_LINEAGE = 10_000  # specs of tasks submitted here kept to rebuild their lost results
+MAX_LINEAGE_ARGS = 100 << 10  # a task with larger inline arguments is not kept
 MAX_TASK_EVENTS = 100_000  # kept while the GCS is unreachable; older ones are dropped
 TASK_KINDS = {pb.TaskSpec.TASK: "NORMAL_TASK", pb.TaskSpec.ACTOR_CREATION: "ACTOR_CREATION_TASK",
               pb.TaskSpec.ACTOR_METHOD: "ACTOR_TASK"}
@@ -109,6 +112,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._bundles: dict[tuple, dict] = {}  # (pg id, bundle index) -> resources reserved here
         self._cancelled: set[str] = set()  # running tasks cancel() was called on
         self._task_events: deque = deque(maxlen=MAX_TASK_EVENTS)  # for the GCS task table
+        self._forwarded: dict[str, tuple] = {}  # task id -> (task, node id) it was forwarded to
+        self._dead_nodes: set[str] = set()  # deaths already handled
+        self._lineage: OrderedDict[str, pb.TaskSpec] = OrderedDict()  # return id -> its task
+        self._reconstructing: set[str] = set()  # lost objects whose task runs again
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
@@ -281,6 +288,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     # ------------------------------------------------------------------ scheduling
     def _accept(self, spec: pb.TaskSpec) -> None:
         self._expected.update(return_ids(spec))
+        if spec.hops == 0 and spec.kind == pb.TaskSpec.TASK and len(spec.args) <= MAX_LINEAGE_ARGS:
+            for object_id in return_ids(spec):  # submitted here: kept to rebuild lost results
+                self._lineage[object_id] = spec
+                self._lineage.move_to_end(object_id)
+            while len(self._lineage) > MAX_LINEAGE:
+                self._lineage.popitem(last=False)
         task = _Task(spec, dict(spec.resources), set())
         task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
         self._task_event(spec, _pending_state(task))
@@ -295,6 +308,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     def _object_added(self, object_id: str) -> None:
         with self._lock:
             self._new_locations.append(object_id)
+            self._reconstructing.discard(object_id)
             for task_id in self._dep_waiters.pop(object_id, ()):
                 task = self._waiting.get(task_id)
                 if task is None:
@@ -335,7 +349,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     queued.append(task)
                 else:
                     subtract(target.available, task.need)
-                    to_spill.append((target.address, task))
+                    to_spill.append((target, task))
             self._ready = queued
             self._update_idle()
         for task in to_run:
@@ -345,8 +359,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             # used: otherwise the GCS would count it twice for a heartbeat, as queued here and as
             # running there, and the autoscaler would launch a node for work that already has one.
             self._report_now.set()
-        for address, task in to_spill:
-            self._io.submit(self._spill, address, task)
+        for target, task in to_spill:
+            self._io.submit(self._spill, target, task)
 
     def _placement(self, task: _Task):
         """self, another node's NodeInfo, or None (wait here).
@@ -594,7 +608,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._publish_actor(actor, "DEAD", cause)
             self._schedule()
 
-    def _spill(self, address: str, task: _Task) -> None:
+    def _spill(self, target: pb.NodeInfo, task: _Task) -> None:
         with self._lock:
             ids = set(return_ids(task.spec))
             self._expected -= ids
@@ -605,12 +619,76 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         spec.CopyFrom(task.spec)
         spec.hops += 1
         try:
-            self._agent(address).SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=10)
+            self._agent(target.address).SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=10)
         except Exception as exc:  # the node went away: keep the task here
-            log.warning("forwarding task %s to %s failed: %s", spec.name, address, exc)
+            log.warning("forwarding task %s to %s failed: %s", spec.name, target.address, exc)
             with self._lock:
                 self._expected.update(return_ids(task.spec))
                 self._ready.appendleft(task)
+            return
+        with self._lock:  # until its results exist: run it again if that node dies first
+            self._forwarded[spec.task_id] = (task, target.node_id)
+
+    # ------------------------------------------------------------------ node failures
+    def _forwarded_results_known(self, task_ids) -> set:
+        """Those of the forwarded tasks whose results exist on a live node (asks the GCS)."""
+        with self._lock:
+            first = {return_ids(self._forwarded[t][0].spec)[0]: t for t in task_ids
+                     if t in self._forwarded}
+        if not first:
+            return set()
+        reply = self._gcs.WaitObjectLocations(
+            pb.WaitLocationsRequest(object_ids=list(first), timeout=0), timeout=10)
+        return {first[loc.object_id] for loc in reply.locations}
+
+    def _forget_finished_forwards(self) -> None:
+        with self._lock:
+            task_ids = list(self._forwarded)
+        done = self._forwarded_results_known(task_ids)
+        with self._lock:
+            for task_id in done:
+                self._forwarded.pop(task_id, None)
+
+    def _node_died(self, node_id: str) -> None:
+        """Run again here the work forwarded to a node that died before its results existed."""
+        with self._lock:
+            lost = [t for t, (_, target) in self._forwarded.items() if target == node_id]
+        done = self._forwarded_results_known(lost)
+        rerun = []
+        with self._lock:
+            for task_id in lost:
+                task, _ = self._forwarded.pop(task_id, (None, None))
+                if task is not None and task_id not in done:
+                    self._expected.update(return_ids(task.spec))
+                    self._reconstructing.update(return_ids(task.spec))  # no second rebuild
+                    task.spec.attempt += 1
+                    rerun.append(task)
+            self._ready.extendleft(reversed(rerun))
+        if rerun:
+            log.info("node %s died: running %d task(s) forwarded there again", node_id, len(rerun))
+            self._schedule()
+
+    def _object_lost(self, object_id: str) -> None:
+        """Every copy of the object died with its nodes: run its task again if it was submitted
+        here (lineage), else give its waiters an ObjectLostError."""
+        with self._lock:
+            if object_id in self._reconstructing or self.store.contains(object_id):
+                return
+            spec = self._lineage.get(object_id)
+            rebuild = spec is not None and (spec.max_retries < 0 or spec.attempt < spec.max_retries)
+            if rebuild:
+                again = pb.TaskSpec()
+                again.CopyFrom(spec)
+                again.attempt += 1
+                self._reconstructing.update(return_ids(again))
+                self._accept(again)
+        if rebuild:
+            log.info("object %s was lost: running %s again to rebuild it", object_id, spec.name)
+            self._schedule()
+            return
+        why = (f"its task {spec.name} ran out of retries" if spec is not None else
+               "the node holding it died, and no task submitted on this node made it")
+        self.store.put(object_id, dumps_task_error(ObjectLostError(object_id, why)))
 
     def _fail(self, spec: pb.TaskSpec, error) -> None:
         """End a task that did not run to completion: `error` is its result."""
@@ -703,6 +781,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     # ------------------------------------------------------------------ background loops
     def _heartbeat_loop(self) -> None:
+        next_forward_check = 0.0
         while True:
             self._report_now.wait(HEARTBEAT_S)
             self._report_now.clear()
@@ -723,6 +802,14 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._drop_killed_pending_actors()
             with self._lock:
                 self._view = {n.node_id: n for n in reply.nodes if n.node_id != self.node_id}
+                died = [n for n in reply.dead_nodes if n not in self._dead_nodes]
+                self._dead_nodes.update(died)
+                check_forwards = self._forwarded and time.monotonic() >= next_forward_check
+            for node_id in died:
+                self._io.submit(self._node_died, node_id)
+            if check_forwards:
+                next_forward_check = time.monotonic() + FORWARDED_CHECK_S
+                self._io.submit(self._forget_finished_forwards)
             self._schedule()
 
     def _events_loop(self) -> None:
@@ -769,6 +856,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             with self._lock:
                 self._wanted = {i for i in self._wanted if not self.store.contains(i)}
                 ids = sorted(self._wanted - self._fetching)
+                rebuilding = set(self._reconstructing)
             if not ids:
                 self._want_event.wait(1.0)
                 self._want_event.clear()
@@ -780,13 +868,15 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 log.warning("object lookup failed: %s", exc)
                 time.sleep(0.5)
                 continue
+            for object_id in set(reply.lost) - rebuilding:
+                self._io.submit(self._object_lost, object_id)
             for location in reply.locations:
                 if location.node_id == self.node_id:
                     continue
                 with self._lock:
                     self._fetching.add(location.object_id)
                 self._io.submit(self._fetch, location)
-            if not reply.locations:
+            if not reply.locations and not set(reply.lost) - rebuilding:
                 self._want_event.wait(0.05)
                 self._want_event.clear()
 
