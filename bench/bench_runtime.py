@@ -1,9 +1,11 @@
-"""Runtime figures on this machine: init time, no-op task throughput (1k), single-task round trip,
-sequential actor calls/s, actor calls/s with 1000 in flight, put/get of a 1 MB bytes object, and
-put/get throughput of 1 MB and 100 MB numpy arrays (GB/s; a get maps shared memory, no copy).
+"""Runtime figures on this machine: init time, no-op task throughput (1k, 10k), a 1000-task chain,
+single-task round trip, sequential actor calls/s, actor calls/s with 1000 in flight, put/get of a
+1 MB bytes object, and put/get throughput of 1 MB and 100 MB numpy arrays (GB/s; a get maps shared
+memory, no copy).
 
 Each workload runs on the embedded runtime (a private single-node cluster started by `init`), and on
-Ray too when `import ray` works (Ray is not a dependency: nothing installs it). Run:
+Ray too when `import ray` works (Ray is not a dependency: nothing installs it), each system in a
+process of its own. Run:
 python bench/bench_runtime.py [--num-cpus N]
 """
 
@@ -11,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -33,6 +39,20 @@ def measure(ray, num_cpus: int) -> dict:
         t = time.perf_counter()
         ray.get([noop.remote() for _ in range(1000)])
         figures["noop_tasks_per_s_1k"] = 1000 / (time.perf_counter() - t)
+        t = time.perf_counter()
+        ray.get([noop.remote() for _ in range(10_000)])
+        figures["noop_tasks_per_s_10k"] = 10_000 / (time.perf_counter() - t)
+
+        @ray.remote
+        def inc(x):
+            return x + 1
+
+        t = time.perf_counter()
+        ref = 0
+        for _ in range(1000):
+            ref = inc.remote(ref)
+        assert ray.get(ref) == 1000
+        figures["chain_1000_tasks_s"] = time.perf_counter() - t
 
         trips = []
         for _ in range(200):
@@ -98,14 +118,23 @@ def numpy_put_get(ray, label: str, size: int, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--only", choices=["runtime", "ray"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ["CLUSTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="bench-runtime-")  # no inherited cluster
-    os.environ.pop("CLUSTER_ADDRESS", None)
-    results = {"runtime": measure(importlib.import_module("runtime"), args.num_cpus)}
-    try:
-        results["ray"] = measure(importlib.import_module("ray"), args.num_cpus)
-    except ImportError:
-        print("(ray is not importable: runtime figures only)")
+    if args.only:  # one system, in a process of its own: print its figures as JSON
+        os.environ["CLUSTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="bench-runtime-")
+        os.environ.pop("CLUSTER_ADDRESS", None)
+        print(json.dumps(measure(importlib.import_module(args.only), args.num_cpus)))
+        return
+    results = {}
+    for name in ("runtime", "ray"):
+        if name == "ray" and importlib.util.find_spec("ray") is None:
+            print("(ray is not importable: runtime figures only)")
+            continue
+        run = subprocess.run([sys.executable, __file__, "--only", name,
+                              f"--num-cpus={args.num_cpus}"], capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"the {name} run failed:\n{run.stderr[-3000:]}")
+        results[name] = json.loads(run.stdout.strip().splitlines()[-1])
     names = list(results["runtime"])
     print(f"{'workload':36s}" + "".join(f"{k:>12s}" for k in results)
           + ("   ratio" if "ray" in results else ""))

@@ -34,6 +34,7 @@ from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_store import ObjectStore, default_capacity, remove_stale_dirs, shm_dir, spill_dir
 from runtime.placement import bundle_resources, is_group_resource, plain_amount
+from runtime.ready_queue import ReadyQueue
 from runtime.resources import add, fits, shape_key, subtract
 from runtime.serialization import dumps_task_error, error_class_name
 from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
@@ -100,7 +101,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.address = ""  # host:port, known once the server is bound
         self._token = token
         self._lock = threading.RLock()
-        self._ready: deque[_Task] = deque()
+        self._ready = ReadyQueue(_scheduling_class)
         self._waiting: dict[str, _Task] = {}  # task id -> task whose dependencies are missing
         self._dep_waiters: dict[str, list[str]] = {}  # object id -> waiting task ids
         self._running: dict[str, _Task] = {}
@@ -327,16 +328,16 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         """Place every ready task: here if it fits, else on a node with room, else keep it queued."""
         to_run, to_spill = [], []
         with self._lock:
-            queued = deque()
-            no_room: set = set()  # shapes that found no place in this pass: skip their twins
-            for task in self._ready:
-                if not task.key:
-                    task.key = (shape_key(task.need), task.spec.hops >= MAX_HOPS)
-                key = task.key
-                target = None if key in no_room else self._placement(task)
-                if target is None:
-                    no_room.add(key)
-                if target is self:
+            for cls in self._ready.classes():  # the first of a class that finds no room stops it
+                while (task := self._ready.head(cls)) is not None:
+                    target = self._placement(task)
+                    if target is None:
+                        break
+                    self._ready.pop(cls)
+                    if target is not self:
+                        subtract(target.available, task.need)
+                        to_spill.append((target, task))
+                        continue
                     if task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
                         actor = _Actor(task.spec, dict(task.spec.hold_resources))
                         actor.gpu_ids = self._claim(actor.hold)
@@ -345,12 +346,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                         task.gpu_ids = self._claim(task.need)
                         self._running[task.spec.task_id] = task
                     to_run.append(task)
-                elif target is None:
-                    queued.append(task)
-                else:
-                    subtract(target.available, task.need)
-                    to_spill.append((target, task))
-            self._ready = queued
             self._update_idle()
         for task in to_run:
             self._io.submit(self._run, task)
@@ -476,7 +471,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def _unqueue(self, task_id: str) -> Optional[_Task]:
         """Take a task that has not started off every queue here (lock held)."""
-        for queue in [self._ready, *(a.queue for a in self._actors.values())]:
+        ready = self._ready.remove_if(lambda t: t.spec.task_id == task_id)
+        if ready:
+            return ready[0]
+        for queue in (a.queue for a in self._actors.values()):
             task = next((t for t in queue if t.spec.task_id == task_id), None)
             if task is not None:
                 queue.remove(task)
@@ -535,7 +533,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         """Actor creations still queued here (no node fits them) whose actor was killed meanwhile
         are dropped, so they stop counting as demand."""
         with self._lock:
-            pending = [t for t in self._ready if t.spec.kind == pb.TaskSpec.ACTOR_CREATION]
+            pending = [t for cls in self._ready.classes() if cls[0] == pb.TaskSpec.ACTOR_CREATION
+                       for t in self._ready.tasks(cls)]
         if len(pending) > MAX_PENDING_ACTOR_CHECKS:  # bound the heartbeat's cost; all get checked
             pending = random.sample(pending, MAX_PENDING_ACTOR_CHECKS)
         dead = set()
@@ -548,8 +547,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 dead.add(task.spec.actor_id)
         if dead:
             with self._lock:
-                self._ready = deque(t for t in self._ready if t.spec.kind != pb.TaskSpec.ACTOR_CREATION
-                                    or t.spec.actor_id not in dead)
+                self._ready.remove_if(lambda t: t.spec.kind == pb.TaskSpec.ACTOR_CREATION
+                                      and t.spec.actor_id in dead)
                 self._update_idle()
 
     def _pump(self, actor: _Actor) -> None:
@@ -772,11 +771,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def _demand(self) -> list:
         counts: dict[tuple, int] = {}
-        for task in self._ready:
+        for task, count in self._ready.counts():
             if any(is_group_resource(k) for k in task.need):
                 continue  # waits for its placement group, which is demand of its own
             key = shape_key(task.need)
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + count
         return [pb.ShapeCount(shape=dict(k), count=c) for k, c in counts.items()]
 
     # ------------------------------------------------------------------ background loops
@@ -905,6 +904,16 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
 def _spare_cpu(node: pb.NodeInfo) -> tuple:
     return node.available.get("CPU", 0.0), node.node_id
+
+
+def _scheduling_class(task: _Task) -> tuple:
+    """Tasks of one class are placed alike: same kind, resources (placed and held), and whether
+    they may still be forwarded."""
+    if not task.key:
+        spec = task.spec
+        task.key = (spec.kind, shape_key(task.need), shape_key(spec.hold_resources),
+                    spec.hops >= MAX_HOPS)
+    return task.key
 
 
 def _pending_state(task: _Task) -> str:
