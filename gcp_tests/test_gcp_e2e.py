@@ -11,10 +11,6 @@ provider.api_endpoint, which travels to the head in the bootstrap config.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +18,9 @@ import yaml
 
 from gcp_tests.conftest import assert_loopback_url
 from gcp_tests.fake_gce import PROJECT
+from tests.harness import cloud_e2e
 from tests.harness.containers import containers, ssh_key  # noqa: F401
-from tests.harness.instances import InstanceWatcher, wait_until
-
-CLUSTER = str(Path(sys.executable).parent / "cluster")
+from tests.harness.instances import wait_until, watching
 
 
 def _config(tmp_path, fake, key_path) -> Path:
@@ -52,18 +47,6 @@ def _config(tmp_path, fake, key_path) -> Path:
     return path
 
 
-CPU_DRIVER = """import runtime as ray, os
-ray.init('auto')
-cpu = ray.remote(num_cpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
-print('cpu-on', sorted(set(ray.get([cpu.remote() for _ in range(2)]))))
-"""
-GPU_DRIVER = """import runtime as ray, os
-ray.init('auto')
-gpu = ray.remote(num_gpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
-print('gpu-on', sorted(set(ray.get([gpu.remote() for _ in range(2)], timeout=240))))
-"""
-
-
 def _kinds(fake) -> list[tuple[str, str]]:
     with fake._lock:
         return sorted((i["labels"]["node-kind"], i["labels"]["node-type"])
@@ -72,18 +55,7 @@ def _kinds(fake) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def cluster_cli(fake, tmp_path, ssh_key):  # noqa: F811
-    """Runs `cluster VERB <the test config> ...` as a user would, with a private HOME."""
-    path = _config(tmp_path, fake, ssh_key[0])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
-    env.update(HOME=str(tmp_path / "home"),
-               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
-
-    def cli(*args, timeout=300):
-        result = subprocess.run([CLUSTER, args[0], str(path), *args[1:]], env=env, text=True,
-                                capture_output=True, timeout=timeout, cwd=tmp_path)
-        print(result.stdout[-3000:], result.stderr[-3000:])
-        return result
-
+    cli = cloud_e2e.cluster_cli(_config(tmp_path, fake, ssh_key[0]), tmp_path)
     yield cli
     if fake.live_ips():
         cli("down", "-y")
@@ -91,32 +63,19 @@ def cluster_cli(fake, tmp_path, ssh_key):  # noqa: F811
 
 @pytest.fixture
 def watcher(fake, containers):  # noqa: F811
-    watcher = InstanceWatcher(fake.live_ips, containers)
-    watcher.start()
-    yield watcher
-    watcher.stop()
+    with watching(fake.live_ips, containers) as watcher:
+        yield watcher
 
 
 def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
         fake, cluster_cli, watcher, tmp_path):
-    up = cluster_cli("up", "-y")
-    assert up.returncode == 0, up.stdout[-2000:] + up.stderr
+    cloud_e2e.up_twice(cluster_cli)
     [head] = fake.instances.values()
     assert head["labels"]["node-kind"] == "head" and head["labels"]["node-status"] == "up-to-date"
     [account] = head["serviceAccounts"]  # its autoscaler calls the API as this account
     assert account["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
-    again = cluster_cli("up", "-y")  # bootstrap reuses key and firewall: same launch hash
-    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
 
-    for name, driver in (("cpu.py", CPU_DRIVER), ("gpu.py", GPU_DRIVER)):
-        (tmp_path / name).write_text(driver)
-    run = cluster_cli("submit", str(tmp_path / "cpu.py"))
-    assert run.returncode == 0 and "cpu-on ['head']" in run.stdout, run.stdout + run.stderr
-    time.sleep(3)  # a few autoscaler ticks: CPU work launches no (GPU) worker
-    assert _kinds(fake) == [("head", "head")]
-
-    run = cluster_cli("submit", str(tmp_path / "gpu.py"))
-    assert run.returncode == 0 and "gpu-on ['gpu']" in run.stdout, run.stdout + run.stderr
+    cloud_e2e.run_cpu_then_gpu_work(cluster_cli, lambda: _kinds(fake), tmp_path)
     workers = [i for i in fake.instances.values() if i["labels"]["node-kind"] == "worker"]
     assert {w["machineType"].rsplit("/", 1)[-1] for w in workers} == {"g2-standard-8"}
     assert {w["scheduling"]["provisioningModel"] for w in workers} == {"SPOT"}  # the config's

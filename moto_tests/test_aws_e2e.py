@@ -9,11 +9,7 @@ AWS_ENDPOINT_URL its start command exports (containers share the host's network)
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -22,10 +18,9 @@ import requests
 import yaml
 
 from moto_tests.conftest import REGION, SAFE_ENV, assert_loopback_url
+from tests.harness import cloud_e2e
 from tests.harness.containers import containers, ssh_key  # noqa: F401
-from tests.harness.instances import InstanceWatcher, wait_until
-
-CLUSTER = str(Path(sys.executable).parent / "cluster")
+from tests.harness.instances import wait_until, watching
 
 
 def _free_port() -> int:
@@ -95,37 +90,14 @@ def _config(tmp_path, endpoint, subnet, image, key_path) -> Path:
     return path
 
 
-CPU_DRIVER = """import runtime as ray, os
-ray.init('auto')
-cpu = ray.remote(num_cpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
-print('cpu-on', sorted(set(ray.get([cpu.remote() for _ in range(2)]))))
-"""
-GPU_DRIVER = """import runtime as ray, os
-ray.init('auto')
-gpu = ray.remote(num_gpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
-print('gpu-on', sorted(set(ray.get([gpu.remote() for _ in range(2)], timeout=240))))
-"""
-
-
 def _kinds(client) -> list[tuple[str, str]]:
     return sorted((t["node-kind"], t["node-type"]) for t in _live(client).values())
 
 
 @pytest.fixture
 def cluster_cli(aws, tmp_path, ssh_key, moto_server):  # noqa: F811
-    """Runs `cluster VERB <the test config> ...` as a user would, with a private HOME."""
     client, subnet, image = aws
-    path = _config(tmp_path, moto_server, subnet, image, ssh_key[0])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
-    env.update(HOME=str(tmp_path / "home"),
-               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
-
-    def cli(*args, timeout=300):
-        result = subprocess.run([CLUSTER, args[0], str(path), *args[1:]], env=env, text=True,
-                                capture_output=True, timeout=timeout, cwd=tmp_path)
-        print(result.stdout[-3000:], result.stderr[-3000:])
-        return result
-
+    cli = cloud_e2e.cluster_cli(_config(tmp_path, moto_server, subnet, image, ssh_key[0]), tmp_path)
     yield cli
     if _live(client):
         cli("down", "-y")
@@ -133,33 +105,20 @@ def cluster_cli(aws, tmp_path, ssh_key, moto_server):  # noqa: F811
 
 @pytest.fixture
 def watcher(aws, containers):  # noqa: F811
-    watcher = InstanceWatcher(lambda: _instance_ips(aws[0]), containers)
-    watcher.start()
-    yield watcher
-    watcher.stop()
+    with watching(lambda: _instance_ips(aws[0]), containers) as watcher:
+        yield watcher
 
 
 def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
         aws, cluster_cli, watcher, tmp_path):
     client = aws[0]
-    up = cluster_cli("up", "-y")
-    assert up.returncode == 0, up.stdout[-2000:] + up.stderr
+    cloud_e2e.up_twice(cluster_cli)
     [(head, tags)] = _live(client).items()
     assert tags["node-kind"] == "head" and tags["node-status"] == "up-to-date"
     instance = client.describe_instances(InstanceIds=[head])["Reservations"][0]["Instances"][0]
     assert instance["IamInstanceProfile"]["Arn"].endswith("cluster-launcher-head-v1")
-    again = cluster_cli("up", "-y")  # bootstrap reuses key, group, role: same launch hash
-    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
 
-    for name, driver in (("cpu.py", CPU_DRIVER), ("gpu.py", GPU_DRIVER)):
-        (tmp_path / name).write_text(driver)
-    run = cluster_cli("submit", str(tmp_path / "cpu.py"))
-    assert run.returncode == 0 and "cpu-on ['head']" in run.stdout, run.stdout + run.stderr
-    time.sleep(3)  # a few autoscaler ticks: CPU work launches no (GPU) worker
-    assert _kinds(client) == [("head", "head")]
-
-    run = cluster_cli("submit", str(tmp_path / "gpu.py"))
-    assert run.returncode == 0 and "gpu-on ['gpu']" in run.stdout, run.stdout + run.stderr
+    cloud_e2e.run_cpu_then_gpu_work(cluster_cli, lambda: _kinds(client), tmp_path)
     reservations = client.describe_instances(Filters=[
         {"Name": "tag:node-kind", "Values": ["worker"]}])["Reservations"]
     workers = [i for r in reservations for i in r["Instances"]]

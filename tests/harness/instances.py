@@ -11,9 +11,10 @@ instance is gone, so `cluster up` reaches every instance over real SSH.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 from tests.harness.containers import ContainerCluster, assert_loopback
 
@@ -61,3 +62,15 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(1)
+
+
+@contextlib.contextmanager
+def watching(live_instances: Callable[[], Mapping[str, Optional[str]]],
+             containers: ContainerCluster) -> Iterator[InstanceWatcher]:
+    """An InstanceWatcher for the duration of the block; its sync errors fail the test."""
+    watcher = InstanceWatcher(live_instances, containers)
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()

@@ -1,0 +1,66 @@
+"""What every cloud's end-to-end test does the same way: run the `cluster` CLI as a user would,
+and the CPU-then-GPU scenario that checks the autoscaler picks node types by demand.
+
+    cli = cluster_cli(config_path, tmp_path)          # cli("up", "-y"), cli("submit", path)
+    run_cpu_then_gpu_work(cli, kinds, tmp_path)       # kinds() -> sorted (node-kind, node-type)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+CLUSTER = str(Path(sys.executable).parent / "cluster")
+
+CPU_DRIVER = """import runtime as ray, os
+ray.init('auto')
+cpu = ray.remote(num_cpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
+print('cpu-on', sorted(set(ray.get([cpu.remote() for _ in range(2)]))))
+"""
+GPU_DRIVER = """import runtime as ray, os
+ray.init('auto')
+gpu = ray.remote(num_gpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
+print('gpu-on', sorted(set(ray.get([gpu.remote() for _ in range(2)], timeout=240))))
+"""
+
+
+def cluster_cli(config: Path, tmp_path: Path) -> Callable:
+    """`cli(VERB, *args)` runs `cluster VERB <config> *args` with a private HOME (its keys and
+    known_hosts) and no inherited cluster; it prints the output tails for the test's log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    env.update(HOME=str(tmp_path / "home"),
+               XDG_CACHE_HOME=os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")))
+
+    def cli(*args, timeout=300):
+        result = subprocess.run([CLUSTER, args[0], str(config), *args[1:]], env=env, text=True,
+                                capture_output=True, timeout=timeout, cwd=tmp_path)
+        print(result.stdout[-3000:], result.stderr[-3000:])
+        return result
+
+    return cli
+
+
+def up_twice(cli) -> None:
+    """`cluster up`, then again: the second finds everything up to date (bootstrap reuses what
+    it made, so the launch hash is the same)."""
+    up = cli("up", "-y")
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr
+    again = cli("up", "-y")
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stdout + again.stderr
+
+
+def run_cpu_then_gpu_work(cli, kinds: Callable[[], list], tmp_path: Path) -> None:
+    """CPU work runs on the head and launches nothing; GPU work makes the head's autoscaler
+    launch workers of the type named `gpu`, where it runs."""
+    for name, driver in (("cpu.py", CPU_DRIVER), ("gpu.py", GPU_DRIVER)):
+        (tmp_path / name).write_text(driver)
+    run = cli("submit", str(tmp_path / "cpu.py"))
+    assert run.returncode == 0 and "cpu-on ['head']" in run.stdout, run.stdout + run.stderr
+    time.sleep(3)  # a few autoscaler ticks: CPU work launches no (GPU) worker
+    assert kinds() == [("head", "head")]
+    run = cli("submit", str(tmp_path / "gpu.py"))
+    assert run.returncode == 0 and "gpu-on ['gpu']" in run.stdout, run.stdout + run.stderr
