@@ -83,6 +83,7 @@ LISTS = {  # kind -> (state API function name, columns of the table)
                              "error_type"]),
     "actors": ("list_actors", ["actor_id", "class_name", "name", "state", "node_id", "pid",
                                "num_restarts", "death_cause"]),
+    "objects": ("list_objects", ["object_id", "state", "node_id", "object_size"]),
     "placement-groups": ("list_placement_groups", ["placement_group_id", "name", "strategy",
                                                    "state", "bundles", "bundles_to_node_id"]),
 }
@@ -95,7 +96,7 @@ LISTS = {  # kind -> (state API function name, columns of the table)
 @click.option("--address", default="auto", show_default=True,
               help="HOST:PORT of the GCS; `auto` = the cluster this node belongs to.")
 def list_state(kind, state, limit, address):
-    """List the cluster's nodes, tasks, actors or placement groups (run it on a cluster node, or
+    """List the cluster's nodes, tasks, actors, objects or placement groups (run it on a node, or
     from your machine through `cluster exec CONFIG "cluster list tasks"`)."""
     import runtime
     from runtime.util import state as state_api

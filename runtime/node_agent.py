@@ -445,6 +445,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._schedule()
         return pb.Empty()
 
+    def ListObjects(self, request, context):
+        return pb.ObjectList(objects=[
+            pb.ObjectInfo(object_id=object_id, size=size, where=where, node_id=self.node_id)
+            for object_id, size, where in self.store.listing(request.limit)
+            if not request.state or where == request.state])
+
     # ------------------------------------------------------------------ cancelling
     def CancelTask(self, request, context):
         """Drop the task if it is queued here, or interrupt (force: kill) the worker running it.

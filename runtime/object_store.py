@@ -248,6 +248,13 @@ class ObjectStore:
         self._on_added(object_id)
 
     # ------------------------------------------------------------------ reading
+    def listing(self, limit: int) -> list[tuple]:
+        """(object id, size, where: IN_MEMORY | SHARED_MEMORY | SPILLED) of up to `limit` objects."""
+        with self._lock:
+            entries = list(self._entries.items())[:limit or None]
+        return [(object_id, e.size, "IN_MEMORY" if e.data is not None else
+                 "SHARED_MEMORY" if e.in_shm else "SPILLED") for object_id, e in entries]
+
     def contains(self, object_id: str) -> bool:
         with self._lock:
             return object_id in self._entries

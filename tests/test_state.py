@@ -113,3 +113,16 @@ def test_cluster_list_without_a_cluster_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("Error: no cluster runs on this node")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_objects_show_their_size_and_where_they_are(cluster):
+    import numpy as np
+
+    small, large = ray.put(b"x" * 10), ray.put(np.zeros(1 << 20))  # 8 MB: shared memory
+    objects = {o["object_id"]: o for o in state.list_objects()}
+    assert objects[small.hex()]["state"] == "IN_MEMORY"
+    assert objects[large.hex()]["state"] == "SHARED_MEMORY"
+    assert objects[large.hex()]["object_size"] >= 8 << 20
+    assert objects[large.hex()]["node_id"] == "head"
+    assert [o["object_id"] for o in state.list_objects(state="SHARED_MEMORY")
+            if o["object_id"] in (small.hex(), large.hex())] == [large.hex()]

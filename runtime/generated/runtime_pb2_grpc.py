@@ -1025,6 +1025,11 @@ class NodeAgentStub:
                 request_serializer=runtime__pb2.CancelRequest.SerializeToString,
                 response_deserializer=runtime__pb2.CancelReply.FromString,
                 _registered_method=True)
+        self.ListObjects = channel.unary_unary(
+                '/clusterrt.NodeAgent/ListObjects',
+                request_serializer=runtime__pb2.ListRequest.SerializeToString,
+                response_deserializer=runtime__pb2.ObjectList.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -1098,6 +1103,13 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListObjects(self, request, context):
+        """what this node's store holds
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1155,6 +1167,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=runtime__pb2.CancelRequest.FromString,
                     response_serializer=runtime__pb2.CancelReply.SerializeToString,
+            ),
+            'ListObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListObjects,
+                    request_deserializer=runtime__pb2.ListRequest.FromString,
+                    response_serializer=runtime__pb2.ObjectList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1454,6 +1471,33 @@ class NodeAgent:
             '/clusterrt.NodeAgent/CancelTask',
             runtime__pb2.CancelRequest.SerializeToString,
             runtime__pb2.CancelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/ListObjects',
+            runtime__pb2.ListRequest.SerializeToString,
+            runtime__pb2.ObjectList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,5 @@
 """What the cluster is doing, as Ray's state API (`ray.util.state`) shows it: nodes, tasks,
-actors, placement groups. Each call returns plain dicts with Ray's field names; `cluster list`
+actors, objects, placement groups. Each call returns plain dicts with Ray's field names; `cluster list`
 prints the same records as a table.
 
 Tasks come from the GCS task table, which node agents fill in batches about once a second: a
@@ -43,6 +43,19 @@ def list_actors(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list
              "namespace": a.namespace, "state": a.state, "node_id": a.node_id,
              "pid": a.pid or None, "num_restarts": a.num_restarts,
              "death_cause": a.death_cause or None} for a in actors]
+
+
+def list_objects(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
+    """Objects in every node's store, by where they are: IN_MEMORY (small, in the node agent),
+    SHARED_MEMORY, SPILLED (on the node's disk). A copy on each node that holds one."""
+    client = api._connected()
+    records = []
+    for node in api._cluster_state().nodes:
+        request = pb.ListRequest(state=state or "", limit=limit)
+        for o in client.agent_at(node.address).ListObjects(request, timeout=30).objects:
+            records.append({"object_id": o.object_id, "state": o.where, "node_id": o.node_id,
+                            "object_size": o.size})
+    return records[:limit or None]
 
 
 def list_placement_groups(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
