@@ -128,6 +128,8 @@ def _check_gcs(address: str, token: str, wait_s: float = 10.0) -> None:
 
 def _start_agent(gcs_address, ip, resources, node_type, node_id, is_head, env,
                  object_store_memory: Optional[int] = None) -> tuple:
+    """Spawn the node agent; returns (its process, a function that waits until it registered
+    with the GCS and returns its address)."""
     argv = ["runtime.node_agent", "--node-id", node_id, "--ip", ip, "--gcs-address", gcs_address,
             "--node-type", node_type, "--resources", json.dumps(resources),
             "--object-store-memory", str(object_store_memory or 0)] + (["--head"] if is_head else [])
@@ -142,8 +144,11 @@ def _start_agent(gcs_address, ip, resources, node_type, node_id, is_head, env,
                 return True
         return False
 
-    _wait_ready("agent", process, registered)
-    return process, found["address"]
+    def wait() -> str:
+        _wait_ready("agent", process, registered)
+        return found["address"]
+
+    return process, wait
 
 
 def start_head(port: int, resources: dict, node_type: str = "head", ip: Optional[str] = None,
@@ -157,12 +162,13 @@ def start_head(port: int, resources: dict, node_type: str = "head", ip: Optional
     gcs = _spawn("gcs", ["runtime.gcs", "--ip", ip, "--port", str(port)], env)
     gcs_address = f"{ip}:{port}"
     pids = {"gcs": gcs.pid}
-    try:
+    try:  # the agent starts alongside the GCS (it waits for it to register): both boot at once
+        agent, wait_agent = _start_agent(gcs_address, ip, resources, node_type, node_id, True, env,
+                                         object_store_memory)
+        pids["agent"] = agent.pid
         stub = _gcs_stub(gcs_address, token)
         _wait_ready("gcs", gcs, lambda: stub.KvGet(pb.KvRequest(key="ping"), timeout=1) is not None)
-        agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, True, env,
-                                            object_store_memory)
-        pids["agent"] = agent.pid
+        agent_address = wait_agent()
         if autoscaling_config:
             config_path = os.path.expanduser(autoscaling_config)
             monitor = _spawn("autoscaler", ["autoscaler.monitor", "--config", config_path,
@@ -187,9 +193,9 @@ def start_worker(gcs_address: str, resources: dict, node_type: str = "", ip: Opt
     _check_gcs(gcs_address, token)
     write_token(token)
     env = dict(os.environ, **{TOKEN_ENV: token})
-    agent, agent_address = _start_agent(gcs_address, ip, resources, node_type, node_id, False, env,
-                                        object_store_memory)
-    session = Session(gcs_address, agent_address, node_id, ip, False, {"agent": agent.pid})
+    agent, wait_agent = _start_agent(gcs_address, ip, resources, node_type, node_id, False, env,
+                                     object_store_memory)
+    session = Session(gcs_address, wait_agent(), node_id, ip, False, {"agent": agent.pid})
     write_session(session)
     return session
 

@@ -165,7 +165,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     def _register(self) -> None:
         self._gcs.RegisterNode(pb.NodeInfo(
             node_id=self.node_id, address=self.address, ip=self.ip, node_type=self.node_type,
-            is_head=self.is_head, total=self.total), timeout=10)
+            is_head=self.is_head, total=self.total), timeout=10, wait_for_ready=True)  # the
+        # head's GCS may still be starting: it is launched alongside this agent
 
     # ------------------------------------------------------------------ gRPC service
     def SubmitTasks(self, request, context):
