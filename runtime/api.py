@@ -50,6 +50,7 @@ class _Client:
         self.is_driver = True  # False in worker processes
         self.owned_actors: list[str] = []  # non-detached actors this driver created: killed at shutdown
         self.owned_placement_groups: list[str] = []  # likewise removed at shutdown
+        self.job_id = uuid.uuid4().hex  # a driver's work carries it; a worker's, its task's
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._lock = threading.Lock()
         self._store_dir: Optional[str] = None  # "" once known not to be on this machine
@@ -270,6 +271,7 @@ def connect_from_environment() -> None:
     _client = _Client(os.environ["CLUSTER_AGENT_ADDRESS"], os.environ["CLUSTER_GCS_ADDRESS"],
                       os.environ.get(TOKEN_ENV))
     _client.is_driver = False
+    _client.job_id = ""
     _client._store_dir = os.environ.get("CLUSTER_OBJECT_STORE_DIR", "")
 
 
@@ -345,6 +347,9 @@ def shutdown() -> None:
                     _kill(client, actor_id, "its driver exited")
                 for pg_id in client.owned_placement_groups:
                     client.gcs.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id=pg_id), timeout=10)
+                for node in client.gcs.GetClusterState(pb.Empty(), timeout=10).nodes:
+                    client.agent_at(node.address).CancelJob(pb.JobRequest(job_id=client.job_id),
+                                                            timeout=10)
             except Exception:  # the cluster may be gone already
                 pass
     if client is not None and client.local_node is not None:
@@ -422,6 +427,7 @@ class RemoteFunction:
         data, deps = dumps_args(args, kwargs, f"{self._name}.remote()")
         task_id = uuid.uuid4().hex
         spec = pb.TaskSpec(task_id=task_id, function_id=self._function_id, name=self._name, args=data,
+                           job_id=client.job_id,
                            dependencies=deps, return_id=task_id, resources=self._resources,
                            return_ids=_return_ids(task_id, self._options["num_returns"]),
                            max_retries=self._options["max_retries"],
@@ -487,6 +493,7 @@ class ActorClass:
             raise ValueError(reply.error)
         label = f"{class_name}({name or actor_id[:8]})"
         spec = pb.TaskSpec(task_id=actor_id, function_id=self._class_id, name=label, args=data,
+                           job_id="" if o.get("lifetime") == "detached" else client.job_id,
                            dependencies=deps, return_id=f"{actor_id}ready", resources=place,
                            kind=pb.TaskSpec.ACTOR_CREATION, actor_id=actor_id,
                            hold_resources=hold, max_restarts=int(o.get("max_restarts") or 0),
@@ -548,6 +555,7 @@ class ActorMethod:
         data, deps = dumps_args(args, kwargs, f"{handle._label}.{self._method}.remote()")
         task_id = uuid.uuid4().hex
         spec = pb.TaskSpec(task_id=task_id, name=f"{handle._label}.{self._method}", args=data,
+                           job_id=client.job_id,
                            dependencies=deps, return_id=task_id,
                            return_ids=_return_ids(task_id, self._num_returns),
                            kind=pb.TaskSpec.ACTOR_METHOD, actor_id=handle._actor_id,
@@ -588,6 +596,12 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
 
 _gpu_ids: list = []  # the GPU devices of the task or actor this worker runs
+
+
+def set_job(job_id: str) -> None:
+    """Called by the worker: work submitted from here on belongs to this driver's job (a detached
+    actor's is "": it outlives every driver)."""
+    _connected().job_id = job_id
 
 
 def set_gpu_ids(ids: Sequence[str]) -> None:

@@ -476,6 +476,35 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 worker.process.send_signal(signal.SIGINT)  # KeyboardInterrupt in the task's code
         return pb.CancelReply(found=True)
 
+    def CancelJob(self, request, context):
+        """A driver exited: its queued work here is dropped and its running tasks are killed, as
+        in Ray (its actors were killed by the driver itself; detached work has no job)."""
+        job = request.job_id
+        if not job:
+            return pb.Empty()
+        with self._lock:
+            dropped = self._ready.remove_if(lambda t: t.spec.job_id == job)
+            for task_id in [t for t, task in self._waiting.items() if task.spec.job_id == job]:
+                dropped.append(self._waiting.pop(task_id))
+            for actor in self._actors.values():
+                calls = [t for t in actor.queue if t.spec.job_id == job]
+                for task in calls:
+                    actor.queue.remove(task)
+                dropped += calls
+            running = [t for t, task in self._running.items() if task.spec.job_id == job]
+            self._cancelled.update(running)
+            self._update_idle()
+        for task in dropped:
+            self._fail(task.spec, TaskCancelledError(task.spec.name, "its driver exited"))
+        for task_id in running:
+            worker = self.pool.running(task_id)
+            if worker is not None:
+                worker.process.kill()
+        if dropped or running:
+            log.info("driver exited: dropped %d queued and stopped %d running task(s) of its job",
+                     len(dropped), len(running))
+        return pb.Empty()
+
     def _unqueue(self, task_id: str) -> Optional[_Task]:
         """Take a task that has not started off every queue here (lock held)."""
         ready = self._ready.remove_if(lambda t: t.spec.task_id == task_id)

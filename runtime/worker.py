@@ -182,6 +182,8 @@ def main() -> None:
         if concurrent is not None:
             concurrent.submit(spec, dependencies)
             continue
+        if spec.kind != pb.TaskSpec.ACTOR_METHOD:  # an actor's nested work is its creator's
+            api.set_job(spec.job_id)
         _in_task = True
         try:
             results = run_task(spec, dependencies)

@@ -526,3 +526,24 @@ def test_async_actor_method_errors_reach_the_caller(cluster):
 
     with pytest.raises(ray.TaskError, match="async boom"):
         ray.get(Failing.remote().boom.remote(), timeout=30)
+
+
+def test_a_driver_that_exits_takes_its_tasks_with_it(cluster, tmp_path):
+    pid_file = tmp_path / "pid"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, time, runtime as ray\n"
+        "ray.init('auto')\n"
+        "@ray.remote(num_cpus=0)\n"
+        "def forever(path):\n"
+        "    open(path + '.tmp', 'w').write(str(os.getpid()))\n"
+        "    os.rename(path + '.tmp', path)\n"
+        "    time.sleep(300)\n"
+        f"ref = forever.remote({str(pid_file)!r})\n"
+        f"while not os.path.exists({str(pid_file)!r}):\n"
+        "    time.sleep(0.05)\n")  # then exits, leaving its task running
+    subprocess.run([sys.executable, str(driver)], timeout=60, check=True)
+    pid = int(pid_file.read_text())
+    wait_for(lambda: not pid_alive(pid), 15, "the exited driver's task to be stopped")
+    assert ray.get(ray.remote(num_cpus=0)(lambda: "still serving").remote(), timeout=30) == \
+        "still serving"

@@ -1030,6 +1030,11 @@ class NodeAgentStub:
                 request_serializer=runtime__pb2.ListRequest.SerializeToString,
                 response_deserializer=runtime__pb2.ObjectList.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/clusterrt.NodeAgent/CancelJob',
+                request_serializer=runtime__pb2.JobRequest.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -1110,6 +1115,13 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """its driver exited: drop and stop its work here
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1172,6 +1184,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.ListObjects,
                     request_deserializer=runtime__pb2.ListRequest.FromString,
                     response_serializer=runtime__pb2.ObjectList.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=runtime__pb2.JobRequest.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1498,6 +1515,33 @@ class NodeAgent:
             '/clusterrt.NodeAgent/ListObjects',
             runtime__pb2.ListRequest.SerializeToString,
             runtime__pb2.ObjectList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.NodeAgent/CancelJob',
+            runtime__pb2.JobRequest.SerializeToString,
+            runtime__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
