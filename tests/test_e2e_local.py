@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,10 @@ def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_p
         "import runtime as ray\n"
         "ray.init('auto')\n"
         "ref = ray.remote(num_gpus=1)(lambda: 1).remote()\n"
-        "try:\n    ray.get(ref, timeout=4)\nexcept ray.GetTimeoutError:\n    print('still waiting')\n")
-    assert "still waiting" in cli("submit", config, str(driver)).stdout
+        "try:\n    ray.get(ref, timeout=15)\nexcept ray.GetTimeoutError:\n    print('still waiting')\n")
+    submitted = {}
+    thread = threading.Thread(target=lambda: submitted.update(run=cli("submit", config, str(driver))))
+    thread.start()  # the driver waits: its task stays queued (demand) while it lives
 
     def infeasible_status():
         text = cli("status", config).stdout
@@ -122,6 +125,11 @@ def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_p
     status = wait_for(infeasible_status, 20, "infeasible demand in status")
     assert "GPU: 1}" in status
     assert len(_nodes(state)) == 1  # no worker was launched for it
+    thread.join(60)
+    output = submitted["run"].stdout + submitted["run"].stderr
+    assert "still waiting" in output
+    # the driver was told, while it waited, that its work can never be placed
+    assert "Warning: work needing {CPU: 1, GPU: 1} cannot be scheduled" in output
 
 
 def test_up_again_changes_nothing_and_down_leaves_nothing(local_cluster):
