@@ -43,6 +43,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._nodes: dict[str, _Node] = {}
         self._kv: dict[str, bytes] = {}
         self._locations: dict[str, set[str]] = defaultdict(set)
+        self._sizes: dict[str, int] = {}  # object id -> bytes, while it has a location
         self._node_timeout_s = node_timeout_s
         self._actors: dict[str, pb.ActorInfo] = {}
         self._actor_names: dict[tuple, str] = {}  # (namespace, name) -> actor id, while not DEAD
@@ -188,6 +189,7 @@ class GcsServicer(pb_grpc.GcsServicer):
             holders.discard(node_id)
             if not holders:
                 del self._locations[object_id]
+                self._sizes.pop(object_id, None)
                 self._lost[object_id] = None
         while len(self._lost) > MAX_LOST_OBJECTS:
             self._lost.popitem(last=False)
@@ -262,8 +264,9 @@ class GcsServicer(pb_grpc.GcsServicer):
     # -- object directory
     def AddObjectLocations(self, request, context):
         with self._lock:
-            for object_id in request.object_ids:
+            for object_id, size in zip(request.object_ids, request.sizes):
                 self._locations[object_id].add(request.node_id)
+                self._sizes[object_id] = size
                 self._lost.pop(object_id, None)
             self._lock.notify_all()
         return pb.Empty()
@@ -286,7 +289,8 @@ class GcsServicer(pb_grpc.GcsServicer):
                 node = self._nodes.get(node_id)
                 if node is not None:
                     found.append(pb.ObjectLocation(object_id=object_id, node_id=node_id,
-                                                   address=node.info.address))
+                                                   address=node.info.address,
+                                                   size=self._sizes.get(object_id, 0)))
                     break
         return found
 

@@ -10,6 +10,7 @@ the agent that places it hosts it: a dedicated worker, and its calls queued and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -50,6 +51,7 @@ TASK_EVENTS_S = 1.0  # task state changes go to the GCS task table this often, b
 FORWARDED_CHECK_S = 5.0  # forwarded tasks whose results exist are forgotten this often
 MAX_LINEAGE = 10_000  # specs of tasks submitted here kept to rebuild their lost results
 MAX_LINEAGE_ARGS = 100 << 10  # a task with larger inline arguments is not kept
+LOCALITY_BYTES = 1 << 20  # a task waiting for an argument this large may go where it is
 MAX_TASK_EVENTS = 100_000  # kept while the GCS is unreachable; older ones are dropped
 TASK_KINDS = {pb.TaskSpec.TASK: "NORMAL_TASK", pb.TaskSpec.ACTOR_CREATION: "ACTOR_CREATION_TASK",
               pb.TaskSpec.ACTOR_METHOD: "ACTOR_TASK"}
@@ -117,6 +119,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._dead_nodes: set[str] = set()  # deaths already handled
         self._lineage: OrderedDict[str, pb.TaskSpec] = OrderedDict()  # return id -> its task
         self._reconstructing: set[str] = set()  # lost objects whose task runs again
+        self._get_wants: dict[str, int] = {}  # object id -> gets/waits here waiting for it
+        self._pulled_for_gets: set[str] = set()  # results of forwarded work a get here awaits
         self._idle_since = time.monotonic()
         self._stopping = threading.Event()
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
@@ -197,9 +201,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         return pb.Empty()
 
     def GetObjects(self, request, context):
-        self._want(self._to_look_up(request.object_ids))
-        found = self.store.wait(request.object_ids, request.timeout,
-                                should_stop=lambda: not context.is_active())
+        with self._fetching_for_get(self._to_look_up(request.object_ids)):
+            found = self.store.wait(request.object_ids, request.timeout,
+                                    should_stop=lambda: not context.is_active())
         return pb.GetObjectsReply(objects=[self._object_data(i, request.map_files) for i in found],
                                   timed_out=len(found) < len(set(request.object_ids)))
 
@@ -216,10 +220,27 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def WaitObjects(self, request, context):
         ids = list(request.object_ids)
-        self._want(self._to_look_up(ids))
-        ready = self.store.wait_some(ids, request.num_returns, request.timeout,
-                                     should_stop=lambda: not context.is_active())
+        with self._fetching_for_get(self._to_look_up(ids)):
+            ready = self.store.wait_some(ids, request.num_returns, request.timeout,
+                                         should_stop=lambda: not context.is_active())
         return pb.WaitObjectsReply(ready=ready)
+
+    @contextlib.contextmanager
+    def _fetching_for_get(self, object_ids: list):
+        """Pull these objects here while a get/wait on this node waits for them (so scheduling by
+        locality never leaves them where they are)."""
+        with self._lock:
+            for object_id in object_ids:
+                self._get_wants[object_id] = self._get_wants.get(object_id, 0) + 1
+        self._want(object_ids)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for object_id in object_ids:
+                    self._get_wants[object_id] -= 1
+                    if not self._get_wants[object_id]:
+                        del self._get_wants[object_id]
 
     def _to_look_up(self, object_ids) -> list:
         """The ids a get/wait must look up in the GCS: not here, and not the result of work this
@@ -311,6 +332,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             self._new_locations.append(object_id)
             self._reconstructing.discard(object_id)
+            self._pulled_for_gets.discard(object_id)
             for task_id in self._dep_waiters.pop(object_id, ()):
                 task = self._waiting.get(task_id)
                 if task is None:
@@ -649,6 +671,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._expected -= ids
             awaited = ids & self._awaited  # a get here waits for them: pull them once made
             self._awaited -= awaited
+            self._pulled_for_gets |= awaited
         self._want(awaited)
         spec = pb.TaskSpec()
         spec.CopyFrom(task.spec)
@@ -872,8 +895,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 batch, self._new_locations = self._new_locations, []
             if batch:
                 try:
-                    self._gcs.AddObjectLocations(
-                        pb.ObjectLocationsUpdate(node_id=self.node_id, object_ids=batch), timeout=10)
+                    self._gcs.AddObjectLocations(pb.ObjectLocationsUpdate(
+                        node_id=self.node_id, object_ids=batch,
+                        sizes=[self.store.size(i) for i in batch]), timeout=10)
                 except Exception as exc:
                     log.warning("publishing object locations failed: %s", exc)
                     with self._lock:
@@ -906,7 +930,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             for object_id in set(reply.lost) - rebuilding:
                 self._io.submit(self._object_lost, object_id)
             for location in reply.locations:
-                if location.node_id == self.node_id:
+                if location.node_id == self.node_id or self._go_to_data(location):
                     continue
                 with self._lock:
                     self._fetching.add(location.object_id)
@@ -914,6 +938,41 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             if not reply.locations and not set(reply.lost) - rebuilding:
                 self._want_event.wait(0.05)
                 self._want_event.clear()
+
+    def _go_to_data(self, location: pb.ObjectLocation) -> bool:
+        """Scheduling by locality: tasks here waiting for this large object that cannot run here
+        now, but fit the node that holds it, are forwarded there instead of pulling the object.
+        True when no task here waits for the object any more (so it is not fetched)."""
+        if location.size < LOCALITY_BYTES:
+            return False
+        with self._lock:
+            holder = self._view.get(location.node_id)
+            if holder is None:
+                return False
+            room = dict(holder.available)
+            moving = []
+            for task_id in self._dep_waiters.get(location.object_id, ()):
+                task = self._waiting.get(task_id)
+                if task is None or task.spec.kind != pb.TaskSpec.TASK or \
+                        task.spec.hops >= MAX_HOPS or fits(task.need, self.available) or \
+                        not fits(task.need, room):
+                    continue
+                subtract(room, task.need)
+                moving.append(task)
+            for task in moving:
+                del self._waiting[task.spec.task_id]
+            waiters = self._dep_waiters.get(location.object_id, [])
+            waiters[:] = [t for t in waiters if t in self._waiting]
+            still_wanted = bool(waiters) or location.object_id in self._get_wants or \
+                location.object_id in self._pulled_for_gets
+            if not still_wanted:
+                self._wanted.discard(location.object_id)
+            self._update_idle()
+        for task in moving:
+            log.info("forwarding %s to %s, which holds its %d-byte argument", task.spec.name,
+                     location.node_id, location.size)
+            self._io.submit(self._spill, holder, task)
+        return not still_wanted
 
     def _fetch(self, location: pb.ObjectLocation) -> None:
         try:

@@ -248,6 +248,11 @@ class ObjectStore:
         self._on_added(object_id)
 
     # ------------------------------------------------------------------ reading
+    def size(self, object_id: str) -> int:
+        with self._lock:
+            entry = self._entries.get(object_id)
+            return entry.size if entry is not None else 0
+
     def listing(self, limit: int) -> list[tuple]:
         """(object id, size, where: IN_MEMORY | SHARED_MEMORY | SPILLED) of up to `limit` objects."""
         with self._lock:

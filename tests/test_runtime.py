@@ -14,7 +14,7 @@ from runtime import node, rpc
 from runtime.errors import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
-from tests.conftest import pid_alive, two_node_cluster
+from tests.conftest import pid_alive, two_node_cluster, wait_for
 
 HEAD_IP, WORKER_IP = "127.0.3.1", "127.0.3.2"
 
@@ -217,3 +217,36 @@ def test_bad_calls_are_clear_errors_and_the_cluster_keeps_serving(two_nodes, mon
         ray.get(never, timeout=2)
     assert "Warning: work needing {CPU: 1, GPU: 4} cannot be scheduled" in capfd.readouterr().err
     assert ray.get(add.remote(1, 2), timeout=30) == 3
+
+
+def test_a_task_waiting_for_a_large_argument_goes_to_the_node_holding_it(two_nodes, tmp_path):
+    import numpy as np
+
+    from runtime.util import state
+
+    @ray.remote(num_cpus=2)
+    def make_large():  # 2 CPUs: runs on the worker, and its 16 MB result stays there
+        return np.ones(2 << 20)
+
+    @ray.remote(num_cpus=1)
+    def total(array):
+        return float(array.sum()), os.environ["CLUSTER_AGENT_ADDRESS"].split(":")[0]
+
+    @ray.remote(num_cpus=1)
+    def hold_head(path):  # keeps the head's only CPU busy, so `total` cannot run there
+        while not os.path.exists(path):
+            time.sleep(0.05)
+
+    def holders(ref):
+        return sorted(o["node_id"] for o in state.list_objects() if o["object_id"] == ref.hex())
+
+    release = tmp_path / "release"
+    blocker = hold_head.remote(str(release))
+    large = make_large.remote()
+    wait_for(lambda: holders(large) == ["worker"], 30, "the large result on the worker")
+    wait_for(lambda: ray.available_resources().get("CPU") == 2.0, 10, "the worker's CPUs free")
+    time.sleep(0.7)  # a heartbeat more: the head sees the worker's room too
+    assert ray.get(total.remote(large), timeout=30) == (float(2 << 20), WORKER_IP)
+    assert holders(large) == ["worker"]  # the task went to the data; the data never moved
+    release.touch()
+    ray.get(blocker, timeout=30)
