@@ -137,11 +137,14 @@ def main() -> None:
         results[name] = json.loads(run.stdout.strip().splitlines()[-1])
     names = list(results["runtime"])
     print(f"{'workload':36s}" + "".join(f"{k:>12s}" for k in results)
-          + ("   ratio" if "ray" in results else ""))
+          + ("   runtime vs ray (>1: runtime better)" if "ray" in results else ""))
     for name in names:
         row = f"{name:36s}" + "".join(f"{r[name]:12.2f}" for r in results.values())
-        if "ray" in results and results["ray"][name]:
-            row += f"   {results['runtime'][name] / results['ray'][name]:.2f}x"
+        ours, theirs = results["runtime"][name], results.get("ray", {}).get(name)
+        if theirs and ours:
+            lower_is_better = "_per_s" not in name and name.endswith(("_s", "_ms_median"))
+            better = theirs / ours if lower_is_better else ours / theirs
+            row += f"   {better:.2f}x"
         print(row)
 
 

@@ -688,9 +688,10 @@ def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float]
 def _blobs(client: _Client, ids: list, timeout: Optional[float]) -> dict:
     """id -> the object: bytes, or a read-only mapping of its file when it is on this machine.
     A get still waiting after WARN_AFTER_S warns once if queued work can never be placed."""
-    map_files = client.store_directory() is not None
-    blobs: dict = {}
-    missing = list(dict.fromkeys(ids))
+    directory = client.store_directory()
+    map_files = directory is not None
+    blobs = _mapped_here(directory, ids) if map_files else {}
+    missing = [i for i in dict.fromkeys(ids) if i not in blobs]
     deadline = None if timeout is None else time.monotonic() + timeout
     warned = False
     while missing:
@@ -715,6 +716,19 @@ def _blobs(client: _Client, ids: list, timeout: Optional[float]) -> dict:
                 pass
         missing = [i for i in missing if i not in blobs]
     return blobs
+
+
+def _mapped_here(directory: str, ids: list) -> dict:
+    """The objects already in this node's shared-memory store, mapped without asking the agent
+    (a file there is complete: it is written elsewhere and renamed in). Others need the agent."""
+    found = {}
+    for object_id in ids:
+        if object_id.isascii() and object_id.isalnum():
+            try:
+                found[object_id] = map_file(os.path.join(directory, object_id))
+            except (FileNotFoundError, ValueError):  # not here (yet), or spilled: ask the agent
+                pass
+    return found
 
 
 def _warn_if_infeasible(client: _Client) -> None:
