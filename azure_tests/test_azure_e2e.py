@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from azure_tests.conftest import safe_env
 from azure_tests.fake_arm import SUBSCRIPTION
@@ -25,23 +24,11 @@ from tests.harness.containers import containers, ssh_key  # noqa: F401
 from tests.harness.instances import wait_until, watching
 def _config(tmp_path, arm, key_path) -> Path:
     """cluster-configs/azure-gpu.yaml, pointed at the fake and at a 127.x virtual network."""
-    config = yaml.safe_load((Path(__file__).parents[1] / "cluster-configs/azure-gpu.yaml").read_text())
     env = " ".join(f"{k}={v}" for k, v in safe_env(arm).items())
-    config.update(
-        cluster_name="azure-e2e", max_workers=2, idle_timeout_minutes=0.15,
-        autoscaler_update_interval_s=1, auth={"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
-        setup_commands=[],
-        head_start_commands=[
-            "cluster stop",
-            f"{env} cluster start --head --port=6379 --autoscaling-config=~/cluster_bootstrap.yaml"])
-    config["provider"].update(resource_manager_endpoint=arm.url, subscription_id=SUBSCRIPTION,
-                              use_internal_ips=True, vnet_cidr="127.102.0.0/17", ssh_timeout_s=60)
-    for node_type in config["available_node_types"].values():
-        node_type.pop("min_workers", None)
-    config["available_node_types"]["head"]["resources"] = {"CPU": 2}  # a 2-core test machine
-    path = tmp_path / "azure-gpu.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return cloud_e2e.e2e_config(
+        "azure-gpu.yaml", tmp_path, "azure-e2e", key_path, env,
+        {"resource_manager_endpoint": arm.url, "subscription_id": SUBSCRIPTION,
+         "vnet_cidr": "127.102.0.0/17"})
 
 
 def _kinds(arm) -> list[tuple[str, str]]:

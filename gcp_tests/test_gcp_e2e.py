@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gcp_tests.conftest import assert_loopback_url
 from gcp_tests.fake_gce import PROJECT
@@ -25,26 +24,12 @@ from tests.harness.instances import wait_until, watching
 
 def _config(tmp_path, fake, key_path) -> Path:
     """cluster-configs/gcp-gpu.yaml, pointed at the fake server and its project."""
-    example = Path(__file__).parents[1] / "cluster-configs/gcp-gpu.yaml"
-    config = yaml.safe_load(example.read_text())
     metadata = fake.url.removeprefix("http://")
     assert_loopback_url(metadata)
-    config.update(
-        cluster_name="gce-e2e", max_workers=2, idle_timeout_minutes=0.15,
-        autoscaler_update_interval_s=1,
-        auth={"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
-        head_start_commands=[
-            "cluster stop",
-            f"GCE_METADATA_HOST={metadata} GCE_METADATA_IP={metadata} "
-            "cluster start --head --port=6379 --autoscaling-config=~/cluster_bootstrap.yaml"])
-    config["provider"].update(project_id=PROJECT, api_endpoint=fake.url, use_internal_ips=True,
-                              ssh_timeout_s=60)
-    for node_type in config["available_node_types"].values():
-        node_type.pop("min_workers", None)
-    config["available_node_types"]["head"]["resources"] = {"CPU": 2}  # a 2-core test machine
-    path = tmp_path / "gcp-gpu.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return cloud_e2e.e2e_config(
+        "gcp-gpu.yaml", tmp_path, "gce-e2e", key_path,
+        f"GCE_METADATA_HOST={metadata} GCE_METADATA_IP={metadata}",
+        {"project_id": PROJECT, "api_endpoint": fake.url}, keep_setup=True)
 
 
 def _kinds(fake) -> list[tuple[str, str]]:

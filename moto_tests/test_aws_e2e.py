@@ -69,23 +69,14 @@ def _live(client) -> dict:
 
 def _config(tmp_path, endpoint, subnet, image, key_path) -> Path:
     """cluster-configs/aws-gpu.yaml, pointed at moto and at the 127.x subnet."""
-    config = yaml.safe_load((Path(__file__).parents[1] / "cluster-configs/aws-gpu.yaml").read_text())
     aws_env = " ".join(f"{k}={v}" for k, v in {**SAFE_ENV, "AWS_ENDPOINT_URL": endpoint}.items()
                        if not k.startswith("MOTO_"))
-    config.update(
-        cluster_name="moto-e2e", max_workers=2, idle_timeout_minutes=0.15,
-        autoscaler_update_interval_s=1, auth={"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
-        setup_commands=[],
-        head_start_commands=[
-            "cluster stop",
-            f"{aws_env} cluster start --head --port=6379 --autoscaling-config=~/cluster_bootstrap.yaml"])
-    config["provider"].update(region=REGION, use_internal_ips=True, ssh_timeout_s=60)
+    path = cloud_e2e.e2e_config("aws-gpu.yaml", tmp_path, "moto-e2e", key_path, aws_env,
+                                 {"region": REGION})
+    config = yaml.safe_load(path.read_text())
     config["provider"].pop("availability_zone", None)
-    for name, node_type in config["available_node_types"].items():
+    for node_type in config["available_node_types"].values():
         node_type["node_config"].update(ImageId=image, SubnetIds=[subnet])
-        node_type.pop("min_workers", None)
-    config["available_node_types"]["head"]["resources"] = {"CPU": 2}  # a 2-core test machine
-    path = tmp_path / "aws-gpu.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

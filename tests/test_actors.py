@@ -16,6 +16,7 @@ import runtime as ray
 from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
+from runtime.util.state import list_actors
 from tests.conftest import pid_alive, two_node_cluster, wait_for
 
 HEAD_IP, WORKER_IP = "127.0.3.11", "127.0.3.12"
@@ -238,10 +239,9 @@ def test_max_restarts_restarts_the_actor_with_fresh_state(cluster):
     assert ray.get([counter.increment.remote() for _ in range(3)]) == [1, 2, 3]
     pid = ray.get(counter.pid.remote())
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # the agent notices the exit and restarts the worker
+    wait_for(lambda: [a for a in list_actors(state="ALIVE")
+                      if a["actor_id"] == counter._actor_id and a["num_restarts"] == 1], 10,
+             "the agent to restart the actor")  # a call sent before that would die with it
     assert ray.get(counter.increment.remote(), timeout=10) == 1  # state lost, as Ray
     os.kill(ray.get(counter.pid.remote()), signal.SIGKILL)  # no restarts left
     with pytest.raises(ray.ActorDiedError):

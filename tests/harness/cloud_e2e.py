@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 CLUSTER = str(Path(sys.executable).parent / "cluster")
+REPO = Path(__file__).resolve().parents[2]
 
 CPU_DRIVER = """import runtime as ray, os
 ray.init('auto')
@@ -26,6 +29,30 @@ ray.init('auto')
 gpu = ray.remote(num_gpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
 print('gpu-on', sorted(set(ray.get([gpu.remote() for _ in range(2)], timeout=240))))
 """
+
+
+def e2e_config(example: str, tmp_path: Path, cluster_name: str, key_path: Path, head_env: str,
+                provider: dict, keep_setup: bool = False) -> Path:
+    """cluster-configs/<example> made fit for a test: a small, fast-scaling cluster, the test's SSH
+    key, `head_env` (the cloud endpoint and credentials) exported to the head's start command,
+    `provider` merged into the provider section, no min_workers, and a 2-CPU head (the machine's
+    cores). Written to tmp_path; returns its path."""
+    config = yaml.safe_load((REPO / "cluster-configs" / example).read_text())
+    config.update(
+        cluster_name=cluster_name, max_workers=2, idle_timeout_minutes=0.15,
+        autoscaler_update_interval_s=1, auth={"ssh_user": "ubuntu", "ssh_private_key": str(key_path)},
+        head_start_commands=[
+            "cluster stop",
+            f"{head_env} cluster start --head --port=6379 --autoscaling-config=~/cluster_bootstrap.yaml"])
+    if not keep_setup:
+        config["setup_commands"] = []
+    config["provider"].update(provider, use_internal_ips=True, ssh_timeout_s=60)
+    for node_type in config["available_node_types"].values():
+        node_type.pop("min_workers", None)
+    config["available_node_types"]["head"]["resources"] = {"CPU": 2}
+    path = tmp_path / example
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def cluster_cli(config: Path, tmp_path: Path) -> Callable:
