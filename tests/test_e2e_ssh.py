@@ -22,7 +22,7 @@ RUNTIME_MARKERS = ("runtime.gcs", "runtime.node_agent", "runtime.worker", "autos
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
         return ""
 
 
