@@ -245,7 +245,7 @@ def test_a_task_waiting_for_a_large_argument_goes_to_the_node_holding_it(two_nod
     large = make_large.remote()
     wait_for(lambda: holders(large) == ["worker"], 30, "the large result on the worker")
     wait_for(lambda: ray.available_resources().get("CPU") == 2.0, 10, "the worker's CPUs free")
-    time.sleep(0.7)  # a heartbeat more: the head sees the worker's room too
+    time.sleep(1.5)  # heartbeats more: the head sees the worker's room too
     assert ray.get(total.remote(large), timeout=30) == (float(2 << 20), WORKER_IP)
     assert holders(large) == ["worker"]  # the task went to the data; the data never moved
     release.touch()
