@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 from autoscaler import planner
-from autoscaler.status import STATUS_KEY, format_shape
+from autoscaler.status import format_shape
 from launcher import tags as T
 from launcher.errors import LauncherError
 from launcher.runtime_install import RuntimeInstaller
 from launcher.updater import NodeUpdater, launch_hash, node_env
-from runtime.session import logs_dir
+from runtime.session import AUTOSCALER_STATUS_KEY, logs_dir
 
 log = logging.getLogger("autoscaler")
 
@@ -267,7 +267,7 @@ class Reconciler:
             "events": events,
         }
         self.gcs.KvPut(
-            pb.KvRequest(key=STATUS_KEY, value=json.dumps(status).encode(), overwrite=True),
+            pb.KvRequest(key=AUTOSCALER_STATUS_KEY, value=json.dumps(status).encode(), overwrite=True),
             timeout=10,
         )
 

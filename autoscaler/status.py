@@ -10,14 +10,12 @@ from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.session import AUTOSCALER_STATUS_KEY
 
-STATUS_KEY = AUTOSCALER_STATUS_KEY
-
 
 def fetch(gcs_address: str, token: str) -> tuple:
     """(cluster state, autoscaler status dict or None) from the GCS."""
     gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
     state = gcs.GetClusterState(pb.Empty(), timeout=10)
-    reply = gcs.KvGet(pb.KvRequest(key=STATUS_KEY), timeout=10)
+    reply = gcs.KvGet(pb.KvRequest(key=AUTOSCALER_STATUS_KEY), timeout=10)
     return state, (json.loads(reply.value) if reply.found else None)
 
 

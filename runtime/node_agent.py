@@ -36,7 +36,7 @@ from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_store import ObjectStore, default_capacity, remove_stale_dirs, shm_dir, spill_dir
 from runtime.placement import bundle_resources, is_group_resource, plain_amount
 from runtime.ready_queue import ReadyQueue
-from runtime.resources import add, fits, shape_key, subtract
+from runtime.resources import EPSILON, add, fits, shape_key, subtract
 from runtime.serialization import dumps_task_error, error_class_name
 from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
 from runtime.worker_pool import WorkerPool
@@ -451,16 +451,17 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             for name, amount in offered.items():
                 self.total[name] = self.total.get(name, 0.0) - amount
                 self.available[name] = self.available.get(name, 0.0) - amount
-                if self.total[name] <= 1e-9:
+                if self.total[name] <= EPSILON:
                     self.total.pop(name)
                     self.available.pop(name, None)
             for bundle in bundles:
                 add(self.available, bundle)
-            doomed = [a.worker for a in self._actors.values() if a.worker is not None
-                      and any(k in offered for k in a.hold)]
+            doomed = []
             for actor in self._actors.values():
                 if any(k in offered for k in actor.hold):
                     actor.killed = True
+                    if actor.worker is not None:
+                        doomed.append(actor.worker)
             self._update_idle()
         for worker in doomed:
             worker.process.kill()
@@ -476,68 +477,47 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     # ------------------------------------------------------------------ cancelling
     def CancelTask(self, request, context):
-        """Drop the task if it is queued here, or interrupt (force: kill) the worker running it.
-        Its caller gets a TaskCancelledError either way, and a cancelled task is not retried."""
+        """Drop the task if it is queued here, or interrupt (force: kill) the worker running it."""
         task_id = request.task_id
-        with self._lock:
-            queued = self._unqueue(task_id)
-            running = self._running.get(task_id) if queued is None else None
-            if running is not None:
-                self._cancelled.add(task_id)
-            self._update_idle()
-        if queued is not None:
-            self._fail(queued.spec, TaskCancelledError(queued.spec.name))
-            return pb.CancelReply(found=True)
-        if running is None:
-            return pb.CancelReply(found=False)
-        worker = self.pool.running(task_id)
-        if worker is not None:
-            if request.force:
-                worker.process.kill()
-            else:
-                worker.process.send_signal(signal.SIGINT)  # KeyboardInterrupt in the task's code
-        return pb.CancelReply(found=True)
+        dropped, stopped = self._cancel(lambda t: t.spec.task_id == task_id, request.force,
+                                        "it was cancelled")
+        return pb.CancelReply(found=bool(dropped or stopped))
 
     def CancelJob(self, request, context):
         """A driver exited: its queued work here is dropped and its running tasks are killed, as
         in Ray (its actors were killed by the driver itself; detached work has no job)."""
         job = request.job_id
-        if not job:
-            return pb.Empty()
+        if job:
+            dropped, stopped = self._cancel(lambda t: t.spec.job_id == job, True, "its driver exited")
+            if dropped or stopped:
+                log.info("driver exited: dropped %d queued and stopped %d running task(s) of its "
+                         "job", dropped, stopped)
+        return pb.Empty()
+
+    def _cancel(self, pick, force: bool, why: str) -> tuple[int, int]:
+        """Cancel the tasks `pick` chooses: queued ones (ready, waiting for arguments, or in an
+        actor's queue) are dropped, running ones are interrupted with SIGINT (KeyboardInterrupt
+        in their code) or, with `force`, killed. Each caller gets a TaskCancelledError, and a
+        cancelled task is not retried. Returns (dropped, stopped)."""
         with self._lock:
-            dropped = self._ready.remove_if(lambda t: t.spec.job_id == job)
-            for task_id in [t for t, task in self._waiting.items() if task.spec.job_id == job]:
+            dropped = self._ready.remove_if(pick)
+            for task_id in [t for t, task in self._waiting.items() if pick(task)]:
                 dropped.append(self._waiting.pop(task_id))
             for actor in self._actors.values():
-                calls = [t for t in actor.queue if t.spec.job_id == job]
+                calls = [t for t in actor.queue if pick(t)]
                 for task in calls:
                     actor.queue.remove(task)
                 dropped += calls
-            running = [t for t, task in self._running.items() if task.spec.job_id == job]
+            running = [t for t, task in self._running.items() if pick(task)]
             self._cancelled.update(running)
             self._update_idle()
         for task in dropped:
-            self._fail(task.spec, TaskCancelledError(task.spec.name, "its driver exited"))
+            self._fail(task.spec, TaskCancelledError(task.spec.name, why))
         for task_id in running:
             worker = self.pool.running(task_id)
             if worker is not None:
-                worker.process.kill()
-        if dropped or running:
-            log.info("driver exited: dropped %d queued and stopped %d running task(s) of its job",
-                     len(dropped), len(running))
-        return pb.Empty()
-
-    def _unqueue(self, task_id: str) -> Optional[_Task]:
-        """Take a task that has not started off every queue here (lock held)."""
-        ready = self._ready.remove_if(lambda t: t.spec.task_id == task_id)
-        if ready:
-            return ready[0]
-        for queue in (a.queue for a in self._actors.values()):
-            task = next((t for t in queue if t.spec.task_id == task_id), None)
-            if task is not None:
-                queue.remove(task)
-                return task
-        return self._waiting.pop(task_id, None)
+                worker.process.kill() if force else worker.process.send_signal(signal.SIGINT)
+        return len(dropped), len(running)
 
     @staticmethod
     def _bundle_keys(request) -> list:

@@ -59,8 +59,9 @@ class ReadyQueue:
         """Take out the tasks `predicate` picks (O(tasks queued)); returns them."""
         removed = []
         for cls, queue in list(self._classes.items()):
-            kept = deque(t for t in queue if not predicate(t))
-            removed += [t for t in queue if predicate(t)]
+            kept = deque()
+            for task in queue:
+                (removed if predicate(task) else kept).append(task)
             if kept:
                 self._classes[cls] = kept
             else:
