@@ -39,9 +39,34 @@ def reports_errors(command):
     return wrapper
 
 
-@click.group()
+def _print_version(ctx, _param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(cluster_ops.version())
+        ctx.exit()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit (`cluster version CONFIG` also asks the head).")
 def cli():
     """Autoscaling compute clusters from one YAML file."""
+
+
+@cli.command(name="version")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@name_option
+@reports_errors
+def version_(config, cluster_name):
+    """Print this installation's version; with CONFIG, also the runtime's on the head, warning
+    when they differ."""
+    here = cluster_ops.version()
+    click.echo(here)
+    if config:
+        head, there = cluster_ops.head_version(config, cluster_name=cluster_name)
+        click.echo(f"head {head}: {there}")
+        if there != here:
+            click.echo("Warning: the head runs another version than this machine; `cluster up "
+                       f"{config}` installs this one there.", err=True)
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from launcher.config import (BOOTSTRAP_CONFIG_PATH, BOOTSTRAP_KEY_PATH, ClusterC
 from launcher.errors import ClusterNotFound, CommandFailed, LauncherError
 from launcher.providers import make_provider
 from launcher.providers.base import NodeProvider
-from launcher.runtime_install import RuntimeInstaller
+from launcher.runtime_install import RuntimeInstaller, release, source_digest
 from launcher.updater import NodeUpdater, launch_hash, node_env
 
 Echo = Callable[[str], None]
@@ -192,6 +192,22 @@ def submit(config_path: str, script: str, args: list[str], echo: Echo, *, tmux=F
     runner.put(script, remote)
     command = " ".join(["python", shlex.quote(remote.replace("~/", "", 1))] + [shlex.quote(a) for a in args])
     return runner.run(detached(command, tmux, screen), on_output=echo).exit_code
+
+
+def version() -> str:
+    """This installation: its release and a digest of its code and locks, which tells two
+    installations of one release apart (as `cluster up` does when it decides to reinstall)."""
+    return f"cluster-launcher {release()} (code {source_digest()})"
+
+
+def head_version(config_path: str, *, cluster_name=None) -> tuple[str, str]:
+    """(head node id, `cluster --version` as the head answers it)."""
+    _, head, runner = node_runner(config_path, cluster_name=cluster_name)
+    result = runner.run("cluster --version")
+    if result.exit_code != 0:
+        raise CommandFailed(f"`cluster --version` on head {head} exited with code {result.exit_code}: "
+                            f"{result.output_tail.strip()[-200:]}", result.exit_code)
+    return head, result.output_tail.strip().splitlines()[-1]
 
 
 def head_ip(config_path: str, *, cluster_name=None) -> str:

@@ -2,8 +2,9 @@
 
 The launcher builds a wheelhouse once per (project version, node Python, node CPU) — the project's
 own wheel, zipped straight from the imported packages (so an editable checkout and an installed
-distribution work the same), plus its dependencies as binary wheels from pip — ships it to the node
-with the runner's `put`, and installs it into `~/.cluster/venv` with `pip --no-index`. A node that
+distribution work the same), plus the binary wheels of exactly the versions in the runtime lock
+(launcher/locks/), hash-checked — ships it to the node with the runner's `put`, and installs it
+into `~/.cluster/venv` with `pip --no-index --require-hashes`: a node runs what was tested. A node that
 already has that exact wheelhouse installed is skipped. On the head, the shipped wheelhouse is what
 its autoscaler installs on the workers.
 """
@@ -17,7 +18,6 @@ import importlib.metadata
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +26,9 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from packaging.markers import Marker
+
+from launcher import locks
 from launcher.command_runner import CommandRunner
 from launcher.errors import LauncherError
 
@@ -35,6 +38,8 @@ NODE_DIR = ".cluster"  # under the node user's home
 NODE_WHEELHOUSE = f"~/{NODE_DIR}/wheelhouse"
 NODE_VENV = f"~/{NODE_DIR}/venv"
 MANIFEST = "manifest.json"
+WHEEL_TAG = "py3-none-any"
+REQUIREMENTS = "requirements.txt"  # the node's pins, with hashes: what the node installs
 
 
 class RuntimeInstallFailed(LauncherError):
@@ -58,20 +63,24 @@ def _package_files() -> list[tuple[str, Path]]:
 
 def source_digest() -> str:
     """Changes whenever any file of the project's packages changes."""
-    h = hashlib.sha256(_version().encode())
+    h = hashlib.sha256(release().encode())
     for name, path in _package_files():
         h.update(name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def _version() -> str:
+def release() -> str:
     return importlib.metadata.version(DISTRIBUTION)
+
+
+def _project_wheel_name() -> str:
+    return f"cluster_launcher-{release()}-{WHEEL_TAG}.whl"
 
 
 def build_project_wheel(directory: Path) -> Path:
     """Zip the imported packages into a wheel in `directory` (pure Python, any platform)."""
     dist = importlib.metadata.distribution(DISTRIBUTION)
-    version, tag = _version(), "py3-none-any"
+    version = release()
     info = f"cluster_launcher-{version}.dist-info"
     metadata = "\n".join(["Metadata-Version: 2.1", f"Name: {DISTRIBUTION}", f"Version: {version}"]
                          + [f"Provides-Extra: {e}" for e in dist.metadata.get_all("Provides-Extra") or []]
@@ -80,9 +89,9 @@ def build_project_wheel(directory: Path) -> Path:
                                                   if e.group == group)
                            for group in sorted({e.group for e in dist.entry_points}))
     generated = {f"{info}/METADATA": metadata,
-                 f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: cluster-launcher\nRoot-Is-Purelib: true\nTag: {tag}\n",
+                 f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: cluster-launcher\nRoot-Is-Purelib: true\nTag: {WHEEL_TAG}\n",
                  f"{info}/entry_points.txt": entry_points}
-    path = directory / f"cluster_launcher-{version}-{tag}.whl"
+    path = directory / _project_wheel_name()
     records = io.StringIO()
     writer = csv.writer(records, lineterminator="\n")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
@@ -97,25 +106,30 @@ def build_project_wheel(directory: Path) -> Path:
     return path
 
 
-def _requirements(extras: tuple) -> list[str]:
-    """The distribution's requirements, with those of the given extras (e.g. "aws": boto3)."""
-    wanted = []
-    for requirement in importlib.metadata.distribution(DISTRIBUTION).requires or []:
-        spec, _, marker = requirement.partition(";")
-        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
-        if extra is None or extra.group(1) in extras:
-            wanted.append(spec.strip())
-    return wanted
+def locked_requirements(flavour: str, python: str, machine: str) -> str:
+    """The lock's pins that apply on a Linux node with that Python (e.g. "3.11.2") and CPU, as a
+    requirements file for pip's hash-checking mode (markers decided here: pip would decide them
+    for the Python it runs on, not the node's)."""
+    major_minor = ".".join(python.split(".")[:2])
+    node = {"python_version": major_minor, "python_full_version": python, "platform_machine": machine,
+            "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython",
+            "implementation_version": python, "platform_release": "", "platform_version": ""}
+    pins = locks.pins(locks.path(flavour).read_text())
+    return "".join(pin.requirement_line() + "\n" for pin in pins
+                   if not pin.marker or Marker(pin.marker).evaluate(node))
 
 
-def _download_dependencies(directory: Path, python: str, machine: str, extras: tuple, echo) -> None:
-    requirements = _requirements(extras)
+def _download_dependencies(directory: Path, requirements: str, python: str, machine: str,
+                           echo) -> None:
+    (directory / REQUIREMENTS).write_text(requirements)
     platforms = [f"--platform={p}_{machine}" for p in
                  ("manylinux_2_28", "manylinux_2_17", "manylinux2014", "manylinux_2_5", "manylinux1")]
     command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
-               "--only-binary=:all:", f"--python-version={python}", "--implementation=cp",
-               *platforms, "--dest", str(directory), *requirements]
-    echo(f"Downloading the runtime's dependencies for Python {python} on {machine}...")
+               "--only-binary=:all:", "--no-deps", "--require-hashes",
+               f"--python-version={python}", "--implementation=cp",
+               *platforms, "--dest", str(directory), "-r", str(directory / REQUIREMENTS)]
+    echo(f"Downloading the runtime's locked dependencies for Python {python} on {machine}...")
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -123,10 +137,17 @@ def _download_dependencies(directory: Path, python: str, machine: str, extras: t
 
 
 def local_wheelhouse(python: str, machine: str, extras: tuple, echo: Callable[[str], None]) -> Path:
-    """A complete wheelhouse for nodes with that Python and CPU: the one shipped to this node if
-    it matches (we are on a head), else built into the cache (reused until the project changes)."""
+    """A complete wheelhouse for nodes with that Python (full version) and CPU: the one shipped to
+    this node if it matches (we are on a head), else built into the cache (reused until the project
+    or its lock changes). It holds the project's wheel, the lock's pins for the node as
+    requirements.txt, and exactly those wheels."""
+    try:
+        flavour = locks.flavour_of(extras)
+    except KeyError as error:
+        raise RuntimeInstallFailed(str(error.args[0])) from None
+    requirements = locked_requirements(flavour, python, machine)
+    python = ".".join(python.split(".")[:2])
     shipped = Path.home() / NODE_DIR / "wheelhouse"
-    flavour = "+".join(extras) or "core"
     wanted = {"source": source_digest(), "python": python, "machine": machine, "extras": flavour}
     if _manifest_matches(shipped, wanted):
         return shipped
@@ -137,15 +158,15 @@ def local_wheelhouse(python: str, machine: str, extras: tuple, echo: Callable[[s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     dependencies = _cache_root() / "wheelhouse" / f"deps-{python}-{machine}-{flavour}"
-    deps_manifest = {"python": python, "machine": machine, "extras": flavour}
+    deps_manifest = {"requirements": hashlib.sha256(requirements.encode()).hexdigest()}
     if not _manifest_matches(dependencies, deps_manifest):
-        _download_dependencies(staging, python, machine, extras, echo)
+        _download_dependencies(staging, requirements, python, machine, echo)
         shutil.rmtree(dependencies, ignore_errors=True)
         shutil.copytree(staging, dependencies)
         (dependencies / MANIFEST).write_text(json.dumps(deps_manifest))
     else:
-        for wheel in dependencies.glob("*.whl"):
-            shutil.copy2(wheel, staging)
+        for item in [*dependencies.glob("*.whl"), dependencies / REQUIREMENTS]:
+            shutil.copy2(item, staging)
     build_project_wheel(staging)
     (staging / MANIFEST).write_text(json.dumps({**wanted, "digest": _wheels_digest(staging)}))
     shutil.rmtree(target, ignore_errors=True)
@@ -183,8 +204,8 @@ class RuntimeInstaller:
 
     def install(self, runner: CommandRunner, node_name: str,
                 on_output: Optional[Callable[[str], None]] = None) -> None:
-        probe = runner.run('python3 -c "import sys, platform; '
-                           'print(\'%d.%d\' % sys.version_info[:2], platform.machine())"')
+        probe = runner.run('python3 -c "import platform; '
+                           'print(platform.python_version(), platform.machine())"')
         if probe.exit_code != 0:
             raise RuntimeInstallFailed(f"{node_name}: python3 is missing or broken "
                                        f"(exit {probe.exit_code}): {probe.output_tail.strip()[-200:]}")
@@ -202,7 +223,9 @@ class RuntimeInstaller:
         script = " && ".join([
             f"rm -rf {NODE_VENV}", f"python3 -m venv {NODE_VENV}",
             f"{NODE_VENV}/bin/pip install --quiet --no-index --find-links {NODE_WHEELHOUSE} "
-            f"'{DISTRIBUTION}{'[' + ','.join(self._extras) + ']' if self._extras else ''}'",
+            f"--require-hashes --no-deps -r {NODE_WHEELHOUSE}/{REQUIREMENTS}",
+            f"{NODE_VENV}/bin/pip install --quiet --no-index --no-deps "
+            f"{NODE_WHEELHOUSE}/{_project_wheel_name()}",
             "mkdir -p ~/.local/bin",
             f"ln -sf {NODE_VENV}/bin/cluster ~/.local/bin/cluster",
             # a wrapper, not a symlink: Python finds its venv next to the path it was started by

@@ -98,3 +98,24 @@ def test_monitor_shows_the_autoscaler_log(cluster):
         process.kill()
         process.wait()
     assert "autoscaler" in first
+
+
+def test_version_here_and_on_the_head(cluster):
+    cli, _ = cluster
+    here = subprocess.run([CLUSTER, "--version"], capture_output=True, text=True, timeout=30)
+    assert here.returncode == 0 and here.stdout.startswith("cluster-launcher 0.")
+    both = cli("version")
+    assert both.returncode == 0 and both.stderr == ""
+    mine, head = both.stdout.splitlines()
+    assert mine == here.stdout.strip() and head.startswith("head ") and head.endswith(": " + mine)
+
+
+def test_dash_h_is_help_on_every_command():
+    listing = subprocess.run([CLUSTER, "-h"], capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0
+    commands = [line.split()[0] for line in listing.stdout.split("Commands:")[1].splitlines()
+                if line.startswith("  ")]
+    assert {"up", "down", "exec", "submit", "status", "version", "start", "list"} <= set(commands)
+    for command in commands:
+        result = subprocess.run([CLUSTER, command, "-h"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and result.stdout.startswith(f"Usage: cluster {command} "), command

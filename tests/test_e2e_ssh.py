@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from launcher.runtime_install import locked_requirements
 from tests.conftest import CLUSTER, wait_for
 
 from tests.harness.containers import containers, free_ip, ssh_key  # noqa: F401
@@ -31,6 +32,21 @@ def _runtime_pids(node) -> list[int]:
     return [pid for pid in node.pids() if any(m in _cmdline(pid) for m in RUNTIME_MARKERS)]
 
 
+
+
+def _assert_head_runs_the_locked_versions(cli):
+    """The head's venv holds exactly the runtime lock's pins for its Python, and this code."""
+    version = cli("version")
+    assert version.returncode == 0 and version.stderr == "", version.stderr
+    mine, head = version.stdout.splitlines()
+    assert head.endswith(": " + mine)
+    python = cli("exec", "python3 -c 'import platform; print(platform.python_version())'").stdout.strip()
+    locked = dict(line.split(" ", 1)[0].split("==")
+                  for line in locked_requirements("core", python, "x86_64").splitlines())
+    freeze = cli("exec", "~/.cluster/venv/bin/python -m pip list --format=freeze").stdout
+    installed = {name.lower(): v for name, v in (line.split("==") for line in freeze.split())}
+    assert {n.lower(): v for n, v in locked.items()}.items() <= installed.items()
+    assert set(installed) - {n.lower() for n in locked} == {"cluster-launcher", "pip"}
 
 
 @pytest.fixture
@@ -84,6 +100,7 @@ def test_up_scale_up_and_down_reup_and_down_over_ssh(make_cluster, containers, t
     assert up.returncode == 0, up.stderr
     assert "installing the runtime" in up.stdout and "running start commands" in up.stdout
     assert _runtime_pids(head) and not any(_runtime_pids(w) for w in workers)
+    _assert_head_runs_the_locked_versions(cli)
 
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -117,6 +134,10 @@ def test_up_scale_up_and_down_reup_and_down_over_ssh(make_cluster, containers, t
     wait_for(lambda: not cli("get-worker-ips").stdout.strip(), 60, "idle workers to be released")
     wait_for(lambda: not any(_runtime_pids(w) for w in workers), 15, "worker runtimes to stop")
     assert all(w.pids() for w in workers)  # released, not powered off: the machines are the user's
+
+    cli("exec", "echo '# edited' >> ~/.cluster/venv/lib/python3*/site-packages/launcher/__init__.py")
+    stale = cli("version")  # the head's code no longer is this machine's
+    assert stale.returncode == 0 and "Warning: the head runs another version" in stale.stderr
 
     again = cli("up", "-y")
     assert "up to date" in again.stdout
