@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 
 import cloudpickle
 
-from runtime import refs as ref_tracking, rpc
+from runtime import refs as ref_tracking, rpc, source_lines
 from runtime.errors import (ActorDiedError, GetTimeoutError, NotConnected, ObjectStoreFullError,
                             TaskError)
 from runtime.generated import runtime_pb2 as pb
@@ -216,7 +216,8 @@ class _ActorSender:
 
 
 class FunctionTable:
-    """Functions are pickled once, stored in the GCS under their hash, and loaded once per worker."""
+    """Functions are pickled once, stored in the GCS under their hash, and loaded once per worker.
+    Code pickled by value brings its source lines along, for remote tracebacks (see source_lines)."""
 
     def __init__(self, gcs):
         self._gcs = gcs
@@ -225,7 +226,7 @@ class FunctionTable:
         self._lock = threading.Lock()
 
     def export(self, function) -> str:
-        data = cloudpickle.dumps(function, protocol=5)
+        data = source_lines.dumps(function)
         function_id = hashlib.sha1(data).hexdigest()
         with self._lock:
             if function_id not in self._exported:

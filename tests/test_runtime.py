@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import grpc
@@ -108,6 +110,54 @@ def test_task_error_reaches_get_with_remote_traceback(two_nodes):
     assert isinstance(info.value.cause, ValueError)
     assert "bad input 42" in info.value.traceback_text and "raise ValueError" in info.value.traceback_text
     assert ray.get(add.remote(1, 1)) == 2  # the cluster keeps serving
+
+
+def test_actor_method_error_quotes_the_line_in_the_users_file(two_nodes):
+    class Model:  # a local class: the worker cannot import it, so it is pickled by value
+        def step(self):
+            raise RuntimeError("loss is nan")
+
+    model = ray.remote(Model).remote()
+    with pytest.raises(ray.TaskError) as info:
+        ray.get(model.step.remote(), timeout=30)
+    raise_line = Model.step.__code__.co_firstlineno + 1
+    assert (f'File "{__file__}", line {raise_line}, in step\n'
+            f'    raise RuntimeError("loss is nan")\n') in info.value.traceback_text
+
+
+DRIVER_SCRIPT = """\
+import os, sys, time
+import runtime as ray
+
+@ray.remote
+def train(script):
+    while os.path.exists(script):  # as on a node without the script
+        time.sleep(0.05)
+    raise ValueError("diverged at step 7")
+
+ray.init(address=sys.argv[1])
+failed = train.remote(__file__)
+os.remove(__file__)
+try:
+    ray.get(failed, timeout=60)
+except ray.TaskError as error:
+    print(error.traceback_text)
+"""
+
+
+def test_task_error_of_a_driver_script_quotes_the_script(two_nodes, tmp_path):
+    """`python train.py`: its functions are pickled by value, and a worker on another node has no
+    copy of the file (here the script deletes itself before its task fails)."""
+    head, token = two_nodes
+    script = tmp_path / "train.py"
+    script.write_text(DRIVER_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), head.gcs_address], cwd=tmp_path,
+                         env=dict(os.environ, CLUSTER_AUTH_TOKEN=token),
+                         capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, run.stderr
+    raise_line = 1 + DRIVER_SCRIPT.splitlines().index('    raise ValueError("diverged at step 7")')
+    assert (f'File "{script}", line {raise_line}, in train\n'
+            f'    raise ValueError("diverged at step 7")\n') in run.stdout
 
 
 def test_error_propagates_to_dependent_task(two_nodes):
