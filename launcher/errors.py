@@ -85,6 +85,11 @@ class SSHHostKeyChanged(SSHError):
     template = "host key of {node} changed: {cause}"
 
 
+class SSHNoCommonAlgorithm(SSHError):
+    """The node's sshd and we share no key-exchange, host key, cipher or MAC algorithm: its
+    configuration (KexAlgorithms, HostKeyAlgorithms, Ciphers, MACs) must change. Never retried."""
+
+
 class SSHKeyFileError(SSHError):
     """The private key file is missing, readable by others, encrypted or unreadable. Never retried."""
 

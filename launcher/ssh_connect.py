@@ -1,8 +1,9 @@
 """Opening an SSH connection to a node, and the OpenSSH command line that reaches it the same way.
 
 Keys are read as OpenSSH would (a key others may read is refused), host keys are trusted on first
-use into the cluster's own known_hosts file, a ProxyCommand (bastion) is honoured, and every
-failure becomes one SSHError line naming the node and the cause, within the connect timeout.
+use into the cluster's own known_hosts file, a ProxyCommand (bastion) is honoured, curve25519 is
+offered under its RFC 8731 name too, and every failure becomes one SSHError line naming the node
+and the cause, within the connect timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Optional, Sequence
 import paramiko
 
 from launcher.errors import (
-    SSHAuthRefused, SSHHostKeyChanged, SSHKeyFileError, SSHUnreachable,
+    SSHAuthRefused, SSHHostKeyChanged, SSHKeyFileError, SSHNoCommonAlgorithm, SSHUnreachable,
 )
 
 
@@ -201,6 +202,53 @@ class _ProxyCommand(paramiko.ProxyCommand):
         return lines[-1].strip() if lines else ""
 
 
+def _with_rfc_curve25519(kex: tuple[str, ...]) -> tuple[str, ...]:
+    """kex with curve25519-sha256 (RFC 8731) before curve25519-sha256@libssh.org, the same
+    algorithm under its older name, which is all paramiko (to 5.1 at least) offers: a server
+    configured with the RFC name alone would refuse us."""
+    if "curve25519-sha256@libssh.org" not in kex or "curve25519-sha256" in kex:
+        return kex
+    i = kex.index("curve25519-sha256@libssh.org")
+    return kex[:i] + ("curve25519-sha256",) + kex[i:]
+
+
+# KEXINIT's eight name-lists in order (RFC 4253 7.1): what each negotiates, and our offer of it
+_NEGOTIATED = (
+    ("key-exchange", "preferred_kex"), ("host key", "preferred_keys"),
+    ("cipher", "preferred_ciphers"), ("cipher", "preferred_ciphers"),
+    ("MAC", "preferred_macs"), ("MAC", "preferred_macs"),
+    ("compression", "preferred_compression"), ("compression", "preferred_compression"),
+)
+
+
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, for our connections only: it also offers curve25519 by its RFC name,
+    and keeps the server's offer so that a failed negotiation can say what the server wanted."""
+
+    _preferred_kex = _with_rfc_curve25519(paramiko.Transport._preferred_kex)
+    _kex_info = {**paramiko.Transport._kex_info}
+    if "curve25519-sha256@libssh.org" in _kex_info:
+        _kex_info.setdefault("curve25519-sha256", _kex_info["curve25519-sha256@libssh.org"])
+
+    server_offer: Optional[list[list[str]]] = None
+
+    def _parse_kex_init(self, m: paramiko.Message) -> None:
+        offer = paramiko.Message(m.asbytes())  # a copy: paramiko reads m itself
+        offer.get_bytes(16)  # the cookie
+        self.server_offer = [offer.get_list() for _ in _NEGOTIATED]
+        super()._parse_kex_init(m)
+
+    def no_common_algorithm(self, server: str) -> Optional[str]:
+        """The first kind of algorithm the server's offer and ours share none of, in words."""
+        for (kind, attribute), offered in zip(_NEGOTIATED, self.server_offer or ()):
+            theirs = [a for a in offered if not a.startswith(("ext-info-", "kex-strict-"))]
+            ours = getattr(self, attribute)
+            if not set(theirs) & set(ours):
+                return (f"no common {kind} algorithm with {server}: the server offers "
+                        f"{', '.join(theirs)}; we offer {', '.join(ours)}")
+        return None
+
+
 def _expand_proxy(target: SSHTarget) -> str:
     values = {"h": target.host, "p": str(target.port), "r": target.user, "%": "%"}
     return re.sub(r"%([hpr%])", lambda m: values[m.group(1)], target.proxy_command)
@@ -251,11 +299,13 @@ def _handshake_cause(
     return f"SSH handshake with {target.address} failed: {' '.join(str(error).split())}"
 
 
-def _handshake(transport: paramiko.Transport, target: SSHTarget, timeout: float) -> None:
+def _handshake(transport: _Transport, target: SSHTarget, timeout: float) -> None:
     transport.banner_timeout = transport.handshake_timeout = timeout
     try:
         transport.start_client(timeout=timeout)
     except (paramiko.SSHException, EOFError, OSError) as e:
+        if mismatch := transport.no_common_algorithm(target.address):
+            raise SSHNoCommonAlgorithm(target.who, mismatch) from None
         raise SSHUnreachable(target.who, _handshake_cause(transport, target, e, timeout)) from None
     if not transport.initial_kex_done:  # start_client gives up silently at its timeout
         raise SSHUnreachable(target.who, _handshake_cause(transport, target, None, timeout))
@@ -284,7 +334,7 @@ def open_transport(target: SSHTarget, timeout: float = CONNECT_TIMEOUT_S) -> par
     """An authenticated connection to the node, or an SSHError, within about `timeout` seconds."""
     deadline = time.monotonic() + timeout
     key = load_private_key(target)
-    transport = paramiko.Transport(_open_socket(target, timeout))
+    transport = _Transport(_open_socket(target, timeout))
     try:
         _handshake(transport, target, max(deadline - time.monotonic(), 0.1))
         check_host_key(target, transport.get_remote_server_key())

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import pytest
 
@@ -126,8 +126,10 @@ def _kill_uid(uid: int, timeout: float = 5.0) -> None:
 class SSHDNode:
     """One node: user sshnodeN, its home, and an sshd on 127.0.0.N:22 that trusts key_path."""
 
-    def __init__(self, n: int, lock_fd: int, key_path: str):
+    def __init__(self, n: int, lock_fd: int, key_path: str,
+                 options: Optional[Mapping[str, str]] = None):
         self.n, self._lock_fd = n, lock_fd
+        self.options = dict(options or {})  # sshd_config keywords, in place of the defaults
         self.ip = f"127.0.0.{n}"
         self.user = f"sshnode{n}"
         self.key_path = key_path
@@ -196,18 +198,20 @@ class SSHDNode:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
 
     def _config(self) -> str:
+        options = {
+            "ListenAddress": self.ip, "Port": "22",
+            "HostKey": f"{self.dir}/host_ed25519", "PidFile": f"{self.dir}/sshd.pid",
+            "AllowUsers": self.user, "AuthorizedKeysFile": ".ssh/authorized_keys",
+            "PasswordAuthentication": "no", "KbdInteractiveAuthentication": "no", "UsePAM": "no",
+            "MaxStartups": "100:30:200", "MaxSessions": "64",
+            # the default post-quantum KEX is slow here; the runner offers both curve25519 names
+            "KexAlgorithms": "curve25519-sha256,curve25519-sha256@libssh.org",
+            "PermitUserEnvironment": "PATH",  # lets a test hide rsync from the node's shell
+            **self.options,
+        }
         path = os.path.join(self.dir, "sshd_config")
         with open(path, "w") as f:
-            f.write(
-                f"ListenAddress {self.ip}\nPort 22\n"
-                f"HostKey {self.dir}/host_ed25519\nPidFile {self.dir}/sshd.pid\n"
-                f"AllowUsers {self.user}\nAuthorizedKeysFile .ssh/authorized_keys\n"
-                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-                "MaxStartups 100:30:200\nMaxSessions 64\n"
-                # the default post-quantum KEX is slow here; the @libssh.org name is paramiko's
-                "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n"
-                "PermitUserEnvironment PATH\n"  # lets a test hide rsync from the node's shell
-            )
+            f.write("".join(f"{name} {value}\n" for name, value in options.items()))
         return path
 
     def start(self) -> None:
@@ -287,11 +291,12 @@ def ssh_key(key_dir) -> str:
 
 @pytest.fixture
 def sshd_node(ssh_key) -> Iterator[Callable[..., SSHDNode]]:
-    """Factory: `sshd_node(delay_s=0)` starts a node (its sshd after delay_s seconds)."""
+    """Factory: `sshd_node(delay_s=0, options={})` starts a node (its sshd after delay_s seconds),
+    options being sshd_config keywords and values that replace or add to the defaults."""
     nodes: list[SSHDNode] = []
 
-    def start(delay_s: float = 0.0) -> SSHDNode:
-        node = SSHDNode(*_lock_free_n(), ssh_key)
+    def start(delay_s: float = 0.0, options: Optional[Mapping[str, str]] = None) -> SSHDNode:
+        node = SSHDNode(*_lock_free_n(), ssh_key, options)
         nodes.append(node)  # stopped at the end even if its setup fails halfway
         node.setup(delay_s)
         return node

@@ -20,6 +20,7 @@ from launcher.errors import (
     SSHAuthRefused,
     SSHHostKeyChanged,
     SSHKeyFileError,
+    SSHNoCommonAlgorithm,
     SSHUnreachable,
 )
 from launcher.rsync import filter_rule
@@ -429,6 +430,70 @@ def test_rsync_failures_are_one_line(node, runner, tmp_path, case, cause):
             runner.get("~/nope" if case == "remote-source-missing" else "~/.profile",
                        str(tmp_path / "here"))
     assert re.fullmatch(rf"head test-node \({node.ip}\): {cause}", str(err.value)), str(err.value)
+
+
+# --- algorithms: servers configured by hand ----------------------------------------------------
+
+# ssh-audit's hardening guide for OpenSSH 9.x (less its Debian-only GSSAPI key exchanges)
+HARDENED = {
+    "KexAlgorithms": "sntrup761x25519-sha512@openssh.com,curve25519-sha256,"
+                     "curve25519-sha256@libssh.org,diffie-hellman-group16-sha512,"
+                     "diffie-hellman-group18-sha512,diffie-hellman-group-exchange-sha256",
+    "Ciphers": "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,"
+               "aes256-ctr,aes192-ctr,aes128-ctr",
+    "MACs": "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,umac-128-etm@openssh.com",
+    "RequiredRSASize": "3072",
+    "HostKeyAlgorithms": "sk-ssh-ed25519-cert-v01@openssh.com,ssh-ed25519-cert-v01@openssh.com,"
+                         "rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com,"
+                         "sk-ssh-ed25519@openssh.com,ssh-ed25519,rsa-sha2-512,rsa-sha2-256",
+    "CASignatureAlgorithms": "sk-ssh-ed25519@openssh.com,ssh-ed25519,rsa-sha2-512,rsa-sha2-256",
+    "PubkeyAcceptedAlgorithms": "sk-ssh-ed25519-cert-v01@openssh.com,"
+                                "ssh-ed25519-cert-v01@openssh.com,sk-ssh-ed25519@openssh.com,"
+                                "ssh-ed25519,rsa-sha2-512-cert-v01@openssh.com,"
+                                "rsa-sha2-256-cert-v01@openssh.com,rsa-sha2-512,rsa-sha2-256",
+}
+
+
+def test_a_server_that_names_curve25519_only_by_its_rfc_name_is_reached(sshd_node, tmp_path):
+    """paramiko knows curve25519-sha256 only as curve25519-sha256@libssh.org."""
+    node = sshd_node(options={"KexAlgorithms": "curve25519-sha256"})
+    r = SSHCommandRunner(target(node, tmp_path))
+    assert r.run("echo rfc 8731").output_tail == "rfc 8731\n"
+    r.close()
+
+
+def test_a_hardened_server_runs_commands_and_takes_files(sshd_node, tmp_path):
+    node = sshd_node(options=HARDENED)
+    r = SSHCommandRunner(target(node, tmp_path))
+    assert r.run("echo hardened").output_tail == "hardened\n"
+    (tmp_path / "f.txt").write_text("through rsync\n")
+    r.put(str(tmp_path / "f.txt"), "~/in/f.txt")  # OpenSSH's ssh, with the runner's options
+    assert r.run("cat in/f.txt").output_tail == "through rsync\n"
+    r.close()
+
+
+NO_COMMON = [
+    ("key-exchange", "KexAlgorithms", "sntrup761x25519-sha512@openssh.com",
+     r"(\S+, )*curve25519-sha256, curve25519-sha256@libssh\.org, (\S+, )*\S+"),
+    ("cipher", "Ciphers", "chacha20-poly1305@openssh.com", r"(\S+, )*aes128-ctr, (\S+, )*\S+"),
+    ("MAC", "MACs", "umac-128-etm@openssh.com",
+     r"(\S+, )*hmac-sha2-256-etm@openssh\.com, (\S+, )*\S+"),
+]
+
+
+@pytest.mark.parametrize("kind, keyword, offer, ours", NO_COMMON, ids=[c[0] for c in NO_COMMON])
+def test_no_common_algorithm_is_one_line_with_both_offers_and_not_retried(
+        sshd_node, tmp_path, capfd, kind, keyword, offer, ours):
+    node = sshd_node(options={keyword: offer})
+    r = SSHCommandRunner(target(node, tmp_path), connect_timeout=1.5)
+    start = time.monotonic()
+    with pytest.raises(SSHNoCommonAlgorithm) as err:
+        r.wait_for_ssh(10)  # a configuration mismatch does not pass by waiting
+    assert time.monotonic() - start < 1.5
+    assert re.fullmatch(
+        rf"head test-node \({node.ip}\): no common {kind} algorithm with {node.ip}:22: the "
+        rf"server offers {re.escape(offer)}; we offer {ours}", str(err.value)), str(err.value)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 # --- OpenSSH command lines ---------------------------------------------------------------------
