@@ -22,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Optional
 
 import grpc
@@ -34,9 +33,10 @@ from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_store import ObjectStore, default_capacity, remove_stale_dirs, shm_dir, spill_dir
-from runtime.placement import bundle_resources, is_group_resource, plain_amount
+from runtime.placement import is_group_resource
 from runtime.ready_queue import ReadyQueue
-from runtime.resources import EPSILON, add, fits, shape_key, subtract
+from runtime.resources import fits, shape_key, subtract
+from runtime.scheduler import HERE, MAX_HOPS, NodeResources, Task, place, return_ids, scheduling_class
 from runtime.serialization import dumps_task_error, error_class_name
 from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
 from runtime.worker_pool import WorkerPool
@@ -45,7 +45,6 @@ log = logging.getLogger("node_agent")
 
 HEARTBEAT_S = 0.3
 CHUNK_BYTES = 1 << 20
-MAX_HOPS = 4  # a task forwarded this often stays where it is
 MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
 TASK_EVENTS_S = 1.0  # task state changes go to the GCS task table this often, batched
 FORWARDED_CHECK_S = 5.0  # forwarded tasks whose results exist are forgotten this often
@@ -55,19 +54,6 @@ LOCALITY_BYTES = 1 << 20  # a task waiting for an argument this large may go whe
 MAX_TASK_EVENTS = 100_000  # kept while the GCS is unreachable; older ones are dropped
 TASK_KINDS = {pb.TaskSpec.TASK: "NORMAL_TASK", pb.TaskSpec.ACTOR_CREATION: "ACTOR_CREATION_TASK",
               pb.TaskSpec.ACTOR_METHOD: "ACTOR_TASK"}
-
-
-@dataclass
-class _Task:
-    spec: pb.TaskSpec
-    need: dict
-    missing: set
-    key: tuple = ()  # shape_key(need), computed once
-    gpu_ids: Optional[list] = None  # the devices it got here; None on a node without GPUs
-
-
-def return_ids(spec: pb.TaskSpec) -> list:
-    return list(spec.return_ids) or [spec.return_id]
 
 
 class _Actor:
@@ -80,8 +66,8 @@ class _Actor:
         self.hold = hold
         self.gpu_ids: Optional[list] = None  # the devices it holds while alive
         self.worker = None
-        self.queue: deque[_Task] = deque()  # accepted, not yet sent to the worker
-        self.inflight: dict[str, _Task] = {}  # sent, no result yet
+        self.queue: deque[Task] = deque()  # accepted, not yet sent to the worker
+        self.inflight: dict[str, Task] = {}  # sent, no result yet
         self.send_lock = threading.Lock()  # held while taking calls off the queue and sending them
         self.restarts_left = creation.max_restarts
         self.num_restarts = 0
@@ -96,23 +82,21 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.ip = ip
         self.node_type = node_type
         self.is_head = is_head
-        self.total = dict(resources)
-        self.available = dict(resources)
         gpu_count = int(resources.get("GPU", 0))
-        self._gpus = GpuSlots(visible_gpu_ids(gpu_count)) if gpu_count else None
+        self.resources = NodeResources(dict(resources),
+                                       gpus=GpuSlots(visible_gpu_ids(gpu_count)) if gpu_count else None)
         self.address = ""  # host:port, known once the server is bound
         self._token = token
         self._lock = threading.RLock()
-        self._ready = ReadyQueue(_scheduling_class)
-        self._waiting: dict[str, _Task] = {}  # task id -> task whose dependencies are missing
+        self._ready = ReadyQueue(scheduling_class)
+        self._waiting: dict[str, Task] = {}  # task id -> task whose dependencies are missing
         self._dep_waiters: dict[str, list[str]] = {}  # object id -> waiting task ids
-        self._running: dict[str, _Task] = {}
+        self._running: dict[str, Task] = {}
         self._actors: dict[str, _Actor] = {}
         self._actor_calls: dict[str, _Actor] = {}  # task id of a sent method call -> its actor
         self._expected: set[str] = set()  # return ids of work accepted here: never looked up
         self._awaited: set[str] = set()  # expected ids a get/wait here skipped looking up
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
-        self._bundles: dict[tuple, dict] = {}  # (pg id, bundle index) -> resources reserved here
         self._cancelled: set[str] = set()  # running tasks cancel() was called on
         self._task_events: deque = deque(maxlen=MAX_TASK_EVENTS)  # for the GCS task table
         self._forwarded: dict[str, tuple] = {}  # task id -> (task, node id) it was forwarded to
@@ -169,7 +153,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     def _register(self) -> None:
         self._gcs.RegisterNode(pb.NodeInfo(
             node_id=self.node_id, address=self.address, ip=self.ip, node_type=self.node_type,
-            is_head=self.is_head, total=self.total), timeout=10, wait_for_ready=True)  # the
+            is_head=self.is_head, total=self.resources.total), timeout=10, wait_for_ready=True)  # the
         # head's GCS may still be starting: it is launched alongside this agent
 
     # ------------------------------------------------------------------ gRPC service
@@ -184,7 +168,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                         cause = actor.dead if actor else "it is not on this node"
                         failed.append((spec, ActorDiedError(label, cause)))
                         continue
-                    task = _Task(spec, {}, set())
+                    task = Task(spec, {}, set())
                     task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
                     self._want(task.missing)
                     self._expected.update(return_ids(spec))
@@ -317,7 +301,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._lineage.move_to_end(object_id)
             while len(self._lineage) > MAX_LINEAGE:
                 self._lineage.popitem(last=False)
-        task = _Task(spec, dict(spec.resources), set())
+        task = Task(spec, dict(spec.resources), set())
         task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
         self._task_event(spec, _pending_state(task))
         if not task.missing:
@@ -353,20 +337,20 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             for cls in self._ready.classes():  # the first of a class that finds no room stops it
                 while (task := self._ready.head(cls)) is not None:
-                    target = self._placement(task)
+                    target = place(task, self.resources, self._view)
                     if target is None:
                         break
                     self._ready.pop(cls)
-                    if target is not self:
+                    if target is not HERE:
                         subtract(target.available, task.need)
                         to_spill.append((target, task))
                         continue
                     if task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
                         actor = _Actor(task.spec, dict(task.spec.hold_resources))
-                        actor.gpu_ids = self._claim(actor.hold)
+                        actor.gpu_ids = self.resources.claim(actor.hold)
                         self._actors[task.spec.actor_id] = actor
                     else:
-                        task.gpu_ids = self._claim(task.need)
+                        task.gpu_ids = self.resources.claim(task.need)
                         self._running[task.spec.task_id] = task
                     to_run.append(task)
             self._update_idle()
@@ -380,62 +364,14 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         for target, task in to_spill:
             self._io.submit(self._spill, target, task)
 
-    def _placement(self, task: _Task):
-        """self, another node's NodeInfo, or None (wait here).
-
-        Work that needs no GPU avoids GPU nodes while a node without GPUs has room, so GPUs stay
-        free for the work that needs them.
-        """
-        room = [] if task.spec.hops >= MAX_HOPS else [
-            n for n in self._view.values() if fits(task.need, n.available)]
-        needs_gpu = task.need.get("GPU", 0) > 0
-        if not needs_gpu:
-            cpu_only = [n for n in room if n.total.get("GPU", 0) <= 0]
-            if cpu_only and self.total.get("GPU", 0) > 0:
-                return max(cpu_only, key=_spare_cpu)
-        if fits(task.need, self.available) and self._gpus_free_for(task):
-            return self
-        if room:
-            return max(room, key=lambda n: (needs_gpu or n.total.get("GPU", 0) <= 0, *_spare_cpu(n)))
-        return None
-
-    def _gpus_free_for(self, task: _Task) -> bool:
-        """Whether the GPU count that fits is also free as devices (fractions may fragment them)."""
-        if self._gpus is None:
-            return True
-        held = task.spec.hold_resources if task.spec.kind == pb.TaskSpec.ACTOR_CREATION else task.need
-        return self._gpus.can_allocate(plain_amount(held, "GPU"))
-
-    def _claim(self, need: dict) -> Optional[list]:
-        """Take `need` from the free resources; the GPU devices it gets (None without GPUs)."""
-        subtract(self.available, need)
-        return self._gpus.allocate(plain_amount(need, "GPU")) if self._gpus is not None else None
-
-    def _release(self, need: dict, gpu_ids: Optional[list]) -> None:
-        """Give back what `_claim` took; a placement group removed meanwhile took its own back."""
-        add(self.available, {k: v for k, v in need.items() if k in self.total})
-        if gpu_ids:
-            self._gpus.release(gpu_ids, plain_amount(need, "GPU"))
-
     # ------------------------------------------------------------------ placement-group bundles
     def ReserveBundles(self, request, context):
         """Set aside a placement group's bundles here: their plain resources become resources
         named after the group, which only work scheduled into it asks for."""
         bundles = [dict(b.resources) for b in request.bundles]
-        needed: dict = {}
-        for bundle in bundles:
-            add(needed, bundle)
         with self._lock:
-            if any(key in self._bundles for key in self._bundle_keys(request)) or \
-                    not fits(needed, self.available) or \
-                    (self._gpus is not None and not self._gpus.can_allocate(needed.get("GPU", 0))):
+            if not self.resources.reserve_bundles(request.pg_id, list(request.indexes), bundles):
                 return pb.ReservationReply(ok=False)
-            subtract(self.available, needed)
-            offered = bundle_resources(request.pg_id, request.indexes, bundles)
-            add(self.total, offered)
-            add(self.available, offered)
-            for key, bundle in zip(self._bundle_keys(request), bundles):
-                self._bundles[key] = bundle
             self._update_idle()
         self._report_now.set()
         self._schedule()
@@ -445,17 +381,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         """The group was removed (or is placed again): its resources here go back to the node,
         and the actors living in its bundles are killed, as in Ray."""
         with self._lock:
-            keys = [k for k in self._bundle_keys(request) if k in self._bundles]
-            bundles = [self._bundles.pop(k) for k in keys]
-            offered = bundle_resources(request.pg_id, [i for _, i in keys], bundles)
-            for name, amount in offered.items():
-                self.total[name] = self.total.get(name, 0.0) - amount
-                self.available[name] = self.available.get(name, 0.0) - amount
-                if self.total[name] <= EPSILON:
-                    self.total.pop(name)
-                    self.available.pop(name, None)
-            for bundle in bundles:
-                add(self.available, bundle)
+            offered = self.resources.return_bundles(request.pg_id, list(request.indexes))
             doomed = []
             for actor in self._actors.values():
                 if any(k in offered for k in actor.hold):
@@ -519,10 +445,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 worker.process.kill() if force else worker.process.send_signal(signal.SIGINT)
         return len(dropped), len(running)
 
-    @staticmethod
-    def _bundle_keys(request) -> list:
-        return [(request.pg_id, index) for index in request.indexes]
-
     def _message(self, spec: pb.TaskSpec, gpu_ids: Optional[list]) -> bytes:
         """What a worker gets: the spec, its dependencies (small: their bytes; large: the file the
         worker maps), and the GPU devices it may see (None: leave CUDA_VISIBLE_DEVICES as it is, on
@@ -530,7 +452,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         dependencies = {d: self.store.read(d) for d in spec.dependencies}
         return pickle.dumps((spec.SerializeToString(), dependencies, gpu_ids), protocol=5)
 
-    def _run(self, task: _Task) -> None:
+    def _run(self, task: Task) -> None:
         spec = task.spec
         if spec.kind == pb.TaskSpec.ACTOR_CREATION:
             self._start_actor(self._actors[spec.actor_id])
@@ -634,7 +556,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 actor.dead = cause
                 lost += list(actor.queue)
                 actor.queue.clear()
-                self._release(actor.hold, actor.gpu_ids)
+                self.resources.release(actor.hold, actor.gpu_ids)
             self._update_idle()
         for task in lost:
             self._fail(task.spec, ActorDiedError(actor.label, cause))
@@ -645,7 +567,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._publish_actor(actor, "DEAD", cause)
             self._schedule()
 
-    def _spill(self, target: pb.NodeInfo, task: _Task) -> None:
+    def _spill(self, target: pb.NodeInfo, task: Task) -> None:
         with self._lock:
             ids = set(return_ids(task.spec))
             self._expected -= ids
@@ -760,12 +682,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             if actor is not None:
                 task = actor.inflight.pop(task_id, None)
                 if task is None and task_id == actor.creation.task_id:
-                    task = _Task(actor.creation, {}, set())
+                    task = Task(actor.creation, {}, set())
                 self._update_idle()
             else:
                 task = self._running.pop(task_id, None)
                 if task is not None:
-                    self._release(task.need, task.gpu_ids)
+                    self.resources.release(task.need, task.gpu_ids)
             if task_id in self._cancelled:
                 self._cancelled.discard(task_id)
                 results = [dumps_task_error(TaskCancelledError(task.spec.name))] * len(results)
@@ -786,7 +708,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                      and (spec.max_retries < 0 or spec.attempt < spec.max_retries))
             if retry:
                 del self._running[task_id]
-                self._release(task.need, task.gpu_ids)
+                self.resources.release(task.need, task.gpu_ids)
                 spec.attempt += 1
                 log.info("retrying task %s (attempt %d): its worker (pid %d) exited with code %s",
                          spec.name, spec.attempt, pid, returncode)
@@ -801,7 +723,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._task_finished(task_id, [error] * len(return_ids(spec)))
 
     def _update_idle(self) -> None:
-        busy = self._running or self._ready or self._waiting or self._bundles or any(
+        busy = self._running or self._ready or self._waiting or self.resources.bundles or any(
             not a.dead for a in self._actors.values())
         if busy:
             self._idle_since = None
@@ -827,7 +749,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 return
             with self._lock:
                 idle = -1.0 if self._idle_since is None else time.monotonic() - self._idle_since
-                request = pb.HeartbeatRequest(node_id=self.node_id, available=self.available,
+                request = pb.HeartbeatRequest(node_id=self.node_id, available=self.resources.available,
                                               idle_seconds=idle, demand=self._demand())
             try:
                 reply = self._gcs.Heartbeat(request, timeout=5)
@@ -934,7 +856,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             for task_id in self._dep_waiters.get(location.object_id, ()):
                 task = self._waiting.get(task_id)
                 if task is None or task.spec.kind != pb.TaskSpec.TASK or \
-                        task.spec.hops >= MAX_HOPS or fits(task.need, self.available) or \
+                        task.spec.hops >= MAX_HOPS or fits(task.need, self.resources.available) or \
                         not fits(task.need, room):
                     continue
                 subtract(room, task.need)
@@ -977,21 +899,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             return self._agents[address]
 
 
-def _spare_cpu(node: pb.NodeInfo) -> tuple:
-    return node.available.get("CPU", 0.0), node.node_id
-
-
-def _scheduling_class(task: _Task) -> tuple:
-    """Tasks of one class are placed alike: same kind, resources (placed and held), and whether
-    they may still be forwarded."""
-    if not task.key:
-        spec = task.spec
-        task.key = (spec.kind, shape_key(task.need), shape_key(spec.hold_resources),
-                    spec.hops >= MAX_HOPS)
-    return task.key
-
-
-def _pending_state(task: _Task) -> str:
+def _pending_state(task: Task) -> str:
     return "PENDING_ARGS_AVAIL" if task.missing else "PENDING_NODE_ASSIGNMENT"
 
 
