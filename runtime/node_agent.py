@@ -20,7 +20,7 @@ import random
 import signal
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -29,6 +29,7 @@ import grpc
 from runtime import rpc
 from runtime.errors import (ActorDiedError, ObjectLostError, ObjectStoreFullError, TaskCancelledError,
                             TaskError, WorkerCrashedError)
+from runtime.actor_host import ActorHost
 from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
@@ -39,6 +40,7 @@ from runtime.resources import fits, shape_key, subtract
 from runtime.scheduler import HERE, MAX_HOPS, NodeResources, Task, place, return_ids, scheduling_class
 from runtime.serialization import dumps_task_error, error_class_name
 from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
+from runtime.task_events import TaskEvents
 from runtime.worker_pool import WorkerPool
 
 log = logging.getLogger("node_agent")
@@ -46,33 +48,10 @@ log = logging.getLogger("node_agent")
 HEARTBEAT_S = 0.3
 CHUNK_BYTES = 1 << 20
 MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
-TASK_EVENTS_S = 1.0  # task state changes go to the GCS task table this often, batched
 FORWARDED_CHECK_S = 5.0  # forwarded tasks whose results exist are forgotten this often
 MAX_LINEAGE = 10_000  # specs of tasks submitted here kept to rebuild their lost results
 MAX_LINEAGE_ARGS = 100 << 10  # a task with larger inline arguments is not kept
 LOCALITY_BYTES = 1 << 20  # a task waiting for an argument this large may go where it is
-MAX_TASK_EVENTS = 100_000  # kept while the GCS is unreachable; older ones are dropped
-TASK_KINDS = {pb.TaskSpec.TASK: "NORMAL_TASK", pb.TaskSpec.ACTOR_CREATION: "ACTOR_CREATION_TASK",
-              pb.TaskSpec.ACTOR_METHOD: "ACTOR_TASK"}
-
-
-class _Actor:
-    """An actor hosted on this node: its dedicated worker, and its calls in submission order."""
-
-    def __init__(self, creation: pb.TaskSpec, hold: dict):
-        self.creation = creation
-        self.actor_id = creation.actor_id
-        self.label = creation.name
-        self.hold = hold
-        self.gpu_ids: Optional[list] = None  # the devices it holds while alive
-        self.worker = None
-        self.queue: deque[Task] = deque()  # accepted, not yet sent to the worker
-        self.inflight: dict[str, Task] = {}  # sent, no result yet
-        self.send_lock = threading.Lock()  # held while taking calls off the queue and sending them
-        self.restarts_left = creation.max_restarts
-        self.num_restarts = 0
-        self.killed = False
-        self.dead = ""  # the death cause once dead
 
 
 class NodeAgent(pb_grpc.NodeAgentServicer):
@@ -92,13 +71,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._waiting: dict[str, Task] = {}  # task id -> task whose dependencies are missing
         self._dep_waiters: dict[str, list[str]] = {}  # object id -> waiting task ids
         self._running: dict[str, Task] = {}
-        self._actors: dict[str, _Actor] = {}
-        self._actor_calls: dict[str, _Actor] = {}  # task id of a sent method call -> its actor
         self._expected: set[str] = set()  # return ids of work accepted here: never looked up
         self._awaited: set[str] = set()  # expected ids a get/wait here skipped looking up
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
         self._cancelled: set[str] = set()  # running tasks cancel() was called on
-        self._task_events: deque = deque(maxlen=MAX_TASK_EVENTS)  # for the GCS task table
         self._forwarded: dict[str, tuple] = {}  # task id -> (task, node id) it was forwarded to
         self._dead_nodes: set[str] = set()  # deaths already handled
         self._lineage: OrderedDict[str, pb.TaskSpec] = OrderedDict()  # return id -> its task
@@ -109,6 +85,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._stopping = threading.Event()
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
         self._gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
+        self.task_events = TaskEvents(node_id, self._gcs)
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agent-io")
         self._new_locations: list[str] = []
@@ -124,6 +101,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                           CLUSTER_OBJECT_STORE_DIR=str(self.store.directory), **{TOKEN_ENV: token})
         self._worker_env = worker_env
         self.pool = WorkerPool(worker_env, on_result=self._task_finished, on_death=self._worker_died)
+        self.actor_host = ActorHost(self._lock, self.resources, self.pool, self.store, self._gcs,
+                                lambda: (self.node_id, self.address), self._message,
+                                self.task_events, self._fail, self._schedule, self._stopping)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, port: int = 0):
@@ -136,8 +116,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.address = f"{self.ip}:{bound}"
         self._worker_env["CLUSTER_AGENT_ADDRESS"] = self.address
         self._register()
-        for loop in (self._heartbeat_loop, self._location_loop, self._pull_loop, self._events_loop):
+        for loop in (self._heartbeat_loop, self._location_loop, self._pull_loop):
             threading.Thread(target=loop, daemon=True, name=loop.__name__).start()
+        threading.Thread(target=self.task_events.send_loop, args=(self._stopping,), daemon=True,
+                         name="task_events").start()
         return server
 
     def stop(self) -> None:
@@ -162,25 +144,21 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             for spec in request.tasks:
                 if spec.kind == pb.TaskSpec.ACTOR_METHOD:
-                    actor = self._actors.get(spec.actor_id)
-                    if actor is None or actor.dead:
-                        label = actor.label if actor else spec.actor_id
-                        cause = actor.dead if actor else "it is not on this node"
-                        failed.append((spec, ActorDiedError(label, cause)))
+                    missing = {d for d in spec.dependencies if not self.store.contains(d)}
+                    try:
+                        actors.add(self.actor_host.queue_call(spec, missing))
+                    except ActorDiedError as error:
+                        failed.append((spec, error))
                         continue
-                    task = Task(spec, {}, set())
-                    task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
-                    self._want(task.missing)
+                    self._want(missing)
                     self._expected.update(return_ids(spec))
-                    actor.queue.append(task)
-                    actors.add(actor)
-                    self._task_event(spec, _pending_state(task))
+                    self.task_events.note(spec, _pending_state(missing))
                 else:
                     self._accept(spec)
         for spec, error in failed:
             self._fail(spec, error)
         for actor in actors:
-            self._pump(actor)
+            self.actor_host.pump(actor)
         self._schedule()
         return pb.Empty()
 
@@ -236,15 +214,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             return [i for i in missing if i not in self._expected]
 
     def KillActor(self, request, context):
-        with self._lock:
-            actor = self._actors.get(request.actor_id)
-            if actor is not None and not actor.dead:
-                actor.killed = actor.killed or request.no_restart
-                worker = actor.worker
-            else:
-                worker = None
-        if worker is not None:
-            worker.process.kill()
+        self.actor_host.kill(request.actor_id, request.no_restart)
         return pb.Empty()
 
     def PutObject(self, request, context):
@@ -288,8 +258,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         """Objects tasks running here read (their workers map the files): never spilled."""
         with self._lock:
             specs = [t.spec for t in self._running.values()]
-            specs += [t.spec for a in self._actors.values() for t in a.inflight.values()]
-            specs += [a.creation for a in self._actor_calls.values()]
+            specs += self.actor_host.specs_running()
         return {d for spec in specs for d in spec.dependencies}
 
     # ------------------------------------------------------------------ scheduling
@@ -303,7 +272,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._lineage.popitem(last=False)
         task = Task(spec, dict(spec.resources), set())
         task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
-        self._task_event(spec, _pending_state(task))
+        self.task_events.note(spec, _pending_state(task.missing))
         if not task.missing:
             self._ready.append(task)
             return
@@ -325,10 +294,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 if not task.missing:
                     del self._waiting[task_id]
                     self._ready.append(task)
-            blocked = [a for a in self._actors.values() if a.queue and a.queue[0].missing]
+            blocked = self.actor_host.waiting_for_arguments()
         self._locations_ready.set()
         for actor in blocked:
-            self._pump(actor)
+            self.actor_host.pump(actor)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -346,9 +315,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                         to_spill.append((target, task))
                         continue
                     if task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
-                        actor = _Actor(task.spec, dict(task.spec.hold_resources))
-                        actor.gpu_ids = self.resources.claim(actor.hold)
-                        self._actors[task.spec.actor_id] = actor
+                        self.actor_host.host(task)
                     else:
                         task.gpu_ids = self.resources.claim(task.need)
                         self._running[task.spec.task_id] = task
@@ -382,12 +349,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         and the actors living in its bundles are killed, as in Ray."""
         with self._lock:
             offered = self.resources.return_bundles(request.pg_id, list(request.indexes))
-            doomed = []
-            for actor in self._actors.values():
-                if any(k in offered for k in actor.hold):
-                    actor.killed = True
-                    if actor.worker is not None:
-                        doomed.append(actor.worker)
+            doomed = self.actor_host.doom_holders_of(offered)
             self._update_idle()
         for worker in doomed:
             worker.process.kill()
@@ -429,11 +391,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             dropped = self._ready.remove_if(pick)
             for task_id in [t for t, task in self._waiting.items() if pick(task)]:
                 dropped.append(self._waiting.pop(task_id))
-            for actor in self._actors.values():
-                calls = [t for t in actor.queue if pick(t)]
-                for task in calls:
-                    actor.queue.remove(task)
-                dropped += calls
+            dropped += self.actor_host.drop_queued(pick)
             running = [t for t, task in self._running.items() if pick(task)]
             self._cancelled.update(running)
             self._update_idle()
@@ -455,40 +413,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     def _run(self, task: Task) -> None:
         spec = task.spec
         if spec.kind == pb.TaskSpec.ACTOR_CREATION:
-            self._start_actor(self._actors[spec.actor_id])
+            self.actor_host.start(self.actor_host.actors[spec.actor_id])
             return
         worker = self.pool.dispatch(spec.task_id, self._message(spec, task.gpu_ids))
-        self._task_event(spec, "RUNNING", worker.pid)
+        self.task_events.note(spec, "RUNNING", worker.pid)
 
     # ------------------------------------------------------------------ actors
-    def _start_actor(self, actor: _Actor) -> None:
-        """Give the actor a fresh dedicated worker, send it the creation call, then its queue."""
-        with actor.send_lock:
-            worker = self.pool.dedicated(on_exit=lambda w, a=actor: self._actor_worker_exited(a, w))
-            with self._lock:
-                actor.worker = worker
-            with self._lock:
-                self._actor_calls[actor.creation.task_id] = actor
-            worker.send(self._message(actor.creation, actor.gpu_ids))
-        self._task_event(actor.creation, "RUNNING", worker.pid)
-        record = self._publish_actor(actor, "ALIVE", pid=worker.pid)
-        if record is not None and record.state == "DEAD":  # killed while it waited to be placed
-            with self._lock:
-                actor.killed = True
-            worker.process.kill()
-            return
-        self._pump(actor)
-
-    def _publish_actor(self, actor: _Actor, state: str, cause: str = "", pid: int = 0):
-        try:
-            reply = self._gcs.UpdateActor(pb.ActorInfo(
-                actor_id=actor.actor_id, state=state, node_id=self.node_id, address=self.address,
-                death_cause=cause, num_restarts=actor.num_restarts, pid=pid), timeout=10)
-            return reply.info if reply.found else None
-        except Exception as exc:
-            log.warning("updating actor %s in the GCS failed: %s", actor.label, exc)
-            return None
-
     def _drop_killed_pending_actors(self) -> None:
         """Actor creations still queued here (no node fits them) whose actor was killed meanwhile
         are dropped, so they stop counting as demand."""
@@ -510,62 +440,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._ready.remove_if(lambda t: t.spec.kind == pb.TaskSpec.ACTOR_CREATION
                                       and t.spec.actor_id in dead)
                 self._update_idle()
-
-    def _pump(self, actor: _Actor) -> None:
-        """Send the actor's queued calls to its worker, in order, up to the first one whose
-        dependencies are not here yet."""
-        with actor.send_lock:
-            with self._lock:
-                worker = actor.worker
-                if worker is None or actor.dead:
-                    return
-                batch = []
-                while actor.queue:
-                    task = actor.queue[0]
-                    task.missing = {d for d in task.missing if not self.store.contains(d)}
-                    if task.missing:
-                        break
-                    actor.queue.popleft()
-                    actor.inflight[task.spec.task_id] = task
-                    self._actor_calls[task.spec.task_id] = actor
-                    batch.append(task)
-                self._update_idle()
-            for task in batch:
-                worker.send(self._message(task.spec, actor.gpu_ids))
-                self._task_event(task.spec, "RUNNING", worker.pid)
-
-    def _actor_worker_exited(self, actor: _Actor, worker) -> None:
-        code = worker.process.returncode
-        with self._lock:
-            if actor.worker is not worker:
-                return
-            actor.worker = None
-            lost = list(actor.inflight.values())
-            actor.inflight.clear()
-            for task in lost:
-                self._actor_calls.pop(task.spec.task_id, None)
-            restart = not actor.killed and actor.restarts_left != 0 and not self._stopping.is_set()
-            if actor.killed:
-                cause = "it was killed (kill() or its driver exited)"
-            else:
-                cause = f"its worker process (pid {worker.pid}) exited with code {code}"
-            if restart:
-                actor.restarts_left -= 1 if actor.restarts_left > 0 else 0
-                actor.num_restarts += 1
-            else:
-                actor.dead = cause
-                lost += list(actor.queue)
-                actor.queue.clear()
-                self.resources.release(actor.hold, actor.gpu_ids)
-            self._update_idle()
-        for task in lost:
-            self._fail(task.spec, ActorDiedError(actor.label, cause))
-        if restart:
-            log.info("restarting actor %s (%s)", actor.label, cause)
-            self._start_actor(actor)
-        else:
-            self._publish_actor(actor, "DEAD", cause)
-            self._schedule()
 
     def _spill(self, target: pb.NodeInfo, task: Task) -> None:
         with self._lock:
@@ -652,13 +526,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def _fail(self, spec: pb.TaskSpec, error) -> None:
         """End a task that did not run to completion: `error` is its result."""
-        self._task_event(spec, "FAILED", error_type=type(error).__name__)
+        self.task_events.note(spec, "FAILED", error_type=type(error).__name__)
         self._store_results(spec, [dumps_task_error(error)] * len(return_ids(spec)))
-
-    def _task_event(self, spec: pb.TaskSpec, state: str, pid: int = 0, error_type: str = "") -> None:
-        """Note a task's new state for the GCS task table (sent in batches by _events_loop)."""
-        self._task_events.append((spec.task_id, spec.name, state, spec.kind, spec.actor_id, pid,
-                                  error_type, time.time()))
 
     def _store_results(self, spec: pb.TaskSpec, results: list) -> None:
         """Results are bytes, or the size of the file the worker wrote into the store; one that
@@ -678,13 +547,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def _task_finished(self, task_id: str, results: list) -> None:
         with self._lock:
-            actor = self._actor_calls.pop(task_id, None)
-            if actor is not None:
-                task = actor.inflight.pop(task_id, None)
-                if task is None and task_id == actor.creation.task_id:
-                    task = Task(actor.creation, {}, set())
-                self._update_idle()
-            else:
+            actor, task = self.actor_host.finished(task_id)
+            if actor is None:
                 task = self._running.pop(task_id, None)
                 if task is not None:
                     self.resources.release(task.need, task.gpu_ids)
@@ -693,7 +557,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 results = [dumps_task_error(TaskCancelledError(task.spec.name))] * len(results)
         if task is not None:
             state, error_type = _finished_state(results)
-            self._task_event(task.spec, state, error_type=error_type)
+            self.task_events.note(task.spec, state, error_type=error_type)
             self._store_results(task.spec, results)
         if actor is None:
             self._schedule()
@@ -723,8 +587,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._task_finished(task_id, [error] * len(return_ids(spec)))
 
     def _update_idle(self) -> None:
-        busy = self._running or self._ready or self._waiting or self.resources.bundles or any(
-            not a.dead for a in self._actors.values())
+        busy = (self._running or self._ready or self._waiting or self.resources.bundles
+                or self.actor_host.any_alive())
         if busy:
             self._idle_since = None
         elif self._idle_since is None:
@@ -771,22 +635,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 next_forward_check = time.monotonic() + FORWARDED_CHECK_S
                 self._io.submit(self._forget_finished_forwards)
             self._schedule()
-
-    def _events_loop(self) -> None:
-        while not self._stopping.wait(TASK_EVENTS_S):
-            batch = []
-            while self._task_events and len(batch) < 10_000:
-                batch.append(self._task_events.popleft())
-            if not batch:
-                continue
-            events = [pb.TaskEvent(task_id=t, name=name, state=state, node_id=self.node_id,
-                                   worker_pid=pid, error_type=error, kind=TASK_KINDS[kind],
-                                   actor_id=actor, time=when)
-                      for t, name, state, kind, actor, pid, error, when in batch]
-            try:
-                self._gcs.AddTaskEvents(pb.TaskEvents(events=events), timeout=10)
-            except Exception as exc:  # informational: what a later batch brings is enough
-                log.warning("sending %d task events failed: %s", len(events), exc)
 
     def _location_loop(self) -> None:
         """Tell the GCS where new objects live, batching whatever arrived since the last call."""
@@ -899,8 +747,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             return self._agents[address]
 
 
-def _pending_state(task: Task) -> str:
-    return "PENDING_ARGS_AVAIL" if task.missing else "PENDING_NODE_ASSIGNMENT"
+def _pending_state(missing: set) -> str:
+    return "PENDING_ARGS_AVAIL" if missing else "PENDING_NODE_ASSIGNMENT"
 
 
 def _finished_state(results: list) -> tuple:
