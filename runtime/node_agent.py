@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from runtime.actor_host import ActorHost
 from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
+from runtime.object_manager import ObjectManager
 from runtime.object_store import ObjectStore, default_capacity, remove_stale_dirs, shm_dir, spill_dir
 from runtime.placement import is_group_resource
 from runtime.ready_queue import ReadyQueue
@@ -86,16 +86,13 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._report_now = threading.Event()  # wakes the heartbeat before its period is up
         self._gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
         self.task_events = TaskEvents(node_id, self._gcs)
-        self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agent-io")
-        self._new_locations: list[str] = []
-        self._locations_ready = threading.Event()
-        self._wanted: set[str] = set()
-        self._fetching: set[str] = set()
-        self._want_event = threading.Event()
         self.store = ObjectStore(self._object_added, shm_dir(os.getpid()),
                                  spill_dir(runtime_dir(), os.getpid()),
                                  object_store_memory or default_capacity(), self._objects_in_use)
+        self.objects = ObjectManager(node_id, self.store, self._gcs, token, self._io,
+                                     go_to_data=self._go_to_data, lost=self._object_lost,
+                                     rebuilding=self._rebuilding)
         worker_env = dict(os.environ, CLUSTER_GCS_ADDRESS=gcs_address, CLUSTER_NODE_ID=node_id,
                           CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type,
                           CLUSTER_OBJECT_STORE_DIR=str(self.store.directory), **{TOKEN_ENV: token})
@@ -116,10 +113,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.address = f"{self.ip}:{bound}"
         self._worker_env["CLUSTER_AGENT_ADDRESS"] = self.address
         self._register()
-        for loop in (self._heartbeat_loop, self._location_loop, self._pull_loop):
-            threading.Thread(target=loop, daemon=True, name=loop.__name__).start()
-        threading.Thread(target=self.task_events.send_loop, args=(self._stopping,), daemon=True,
-                         name="task_events").start()
+        threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat").start()
+        for loop in (self.objects.location_loop, self.objects.pull_loop, self.task_events.send_loop):
+            threading.Thread(target=loop, args=(self._stopping,), daemon=True,
+                             name=loop.__name__).start()
         return server
 
     def stop(self) -> None:
@@ -150,7 +147,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     except ActorDiedError as error:
                         failed.append((spec, error))
                         continue
-                    self._want(missing)
+                    self.objects.want(missing)
                     self._expected.update(return_ids(spec))
                     self.task_events.note(spec, _pending_state(missing))
                 else:
@@ -194,7 +191,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             for object_id in object_ids:
                 self._get_wants[object_id] = self._get_wants.get(object_id, 0) + 1
-        self._want(object_ids)
+        self.objects.want(object_ids)
         try:
             yield
         finally:
@@ -248,7 +245,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 addresses = [n.address for n in self._view.values()]
             forward = pb.FreeObjectsRequest(object_ids=request.object_ids)
             for address in addresses:  # best effort: a node that misses it frees at its stop
-                self._agent(address).FreeObjects.future(forward, timeout=10)
+                self.objects.agent(address).FreeObjects.future(forward, timeout=10)
         return pb.Empty()
 
     def GetStoreInfo(self, request, context):
@@ -279,11 +276,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._waiting[spec.task_id] = task
         for object_id in task.missing:
             self._dep_waiters.setdefault(object_id, []).append(spec.task_id)
-        self._want(task.missing)
+        self.objects.want(task.missing)
 
     def _object_added(self, object_id: str) -> None:
+        self.objects.added(object_id)
         with self._lock:
-            self._new_locations.append(object_id)
             self._reconstructing.discard(object_id)
             self._pulled_for_gets.discard(object_id)
             for task_id in self._dep_waiters.pop(object_id, ()):
@@ -295,7 +292,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     del self._waiting[task_id]
                     self._ready.append(task)
             blocked = self.actor_host.waiting_for_arguments()
-        self._locations_ready.set()
         for actor in blocked:
             self.actor_host.pump(actor)
         self._schedule()
@@ -448,12 +444,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             awaited = ids & self._awaited  # a get here waits for them: pull them once made
             self._awaited -= awaited
             self._pulled_for_gets |= awaited
-        self._want(awaited)
+        self.objects.want(awaited)
         spec = pb.TaskSpec()
         spec.CopyFrom(task.spec)
         spec.hops += 1
         try:
-            self._agent(target.address).SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=10)
+            self.objects.agent(target.address).SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=10)
         except Exception as exc:  # the node went away: keep the task here
             log.warning("forwarding task %s to %s failed: %s", spec.name, target.address, exc)
             with self._lock:
@@ -501,6 +497,10 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         if rerun:
             log.info("node %s died: running %d task(s) forwarded there again", node_id, len(rerun))
             self._schedule()
+
+    def _rebuilding(self) -> set:
+        with self._lock:
+            return set(self._reconstructing)
 
     def _object_lost(self, object_id: str) -> None:
         """Every copy of the object died with its nodes: run its task again if it was submitted
@@ -636,59 +636,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._io.submit(self._forget_finished_forwards)
             self._schedule()
 
-    def _location_loop(self) -> None:
-        """Tell the GCS where new objects live, batching whatever arrived since the last call."""
-        while not self._stopping.is_set():
-            self._locations_ready.wait(1.0)
-            self._locations_ready.clear()
-            with self._lock:
-                batch, self._new_locations = self._new_locations, []
-            if batch:
-                try:
-                    self._gcs.AddObjectLocations(pb.ObjectLocationsUpdate(
-                        node_id=self.node_id, object_ids=batch,
-                        sizes=[self.store.size(i) for i in batch]), timeout=10)
-                except Exception as exc:
-                    log.warning("publishing object locations failed: %s", exc)
-                    with self._lock:
-                        self._new_locations.extend(batch)
-
-    def _want(self, object_ids) -> None:
-        if object_ids:
-            with self._lock:
-                self._wanted.update(object_ids)
-            self._want_event.set()
-
-    def _pull_loop(self) -> None:
-        """Fetch objects this node waits for from the nodes that hold them."""
-        while not self._stopping.is_set():
-            with self._lock:
-                self._wanted = {i for i in self._wanted if not self.store.contains(i)}
-                ids = sorted(self._wanted - self._fetching)
-                rebuilding = set(self._reconstructing)
-            if not ids:
-                self._want_event.wait(1.0)
-                self._want_event.clear()
-                continue
-            try:
-                reply = self._gcs.WaitObjectLocations(
-                    pb.WaitLocationsRequest(object_ids=ids, timeout=0.5), timeout=10)
-            except Exception as exc:
-                log.warning("object lookup failed: %s", exc)
-                time.sleep(0.5)
-                continue
-            for object_id in set(reply.lost) - rebuilding:
-                self._io.submit(self._object_lost, object_id)
-            for location in reply.locations:
-                if location.node_id == self.node_id or self._go_to_data(location):
-                    continue
-                with self._lock:
-                    self._fetching.add(location.object_id)
-                self._io.submit(self._fetch, location)
-            if not reply.locations and not set(reply.lost) - rebuilding:
-                self._want_event.wait(0.05)
-                self._want_event.clear()
-
     def _go_to_data(self, location: pb.ObjectLocation) -> bool:
         """Scheduling by locality: tasks here waiting for this large object that cannot run here
         now, but fit the node that holds it, are forwarded there instead of pulling the object.
@@ -716,36 +663,13 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             still_wanted = bool(waiters) or location.object_id in self._get_wants or \
                 location.object_id in self._pulled_for_gets
             if not still_wanted:
-                self._wanted.discard(location.object_id)
+                self.objects.unwant(location.object_id)
             self._update_idle()
         for task in moving:
             log.info("forwarding %s to %s, which holds its %d-byte argument", task.spec.name,
                      location.node_id, location.size)
             self._io.submit(self._spill, holder, task)
         return not still_wanted
-
-    def _fetch(self, location: pb.ObjectLocation) -> None:
-        try:
-            chunks = self._agent(location.address).FetchObject(
-                pb.FetchObjectRequest(object_id=location.object_id), timeout=300)
-            first = next(chunks, None)
-            if first is not None and first.found:
-                rest = (c.data for c in chunks)
-                self.store.put_chunks(location.object_id, first.size,
-                                      itertools.chain([first.data], rest))
-        except Exception as exc:
-            log.warning("fetching %s from %s failed: %s", location.object_id, location.address, exc)
-        finally:
-            with self._lock:
-                self._fetching.discard(location.object_id)
-            self._want_event.set()
-
-    def _agent(self, address: str) -> pb_grpc.NodeAgentStub:
-        with self._lock:
-            if address not in self._agents:
-                self._agents[address] = pb_grpc.NodeAgentStub(rpc.make_channel(address, self._token))
-            return self._agents[address]
-
 
 def _pending_state(missing: set) -> str:
     return "PENDING_ARGS_AVAIL" if missing else "PENDING_NODE_ASSIGNMENT"
