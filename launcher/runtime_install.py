@@ -110,14 +110,17 @@ def locked_requirements(flavour: str, python: str, machine: str) -> str:
     """The lock's pins that apply on a Linux node with that Python (e.g. "3.11.2") and CPU, as a
     requirements file for pip's hash-checking mode (markers decided here: pip would decide them
     for the Python it runs on, not the node's)."""
-    major_minor = ".".join(python.split(".")[:2])
-    node = {"python_version": major_minor, "python_full_version": python, "platform_machine": machine,
+    node = {"python_version": _major_minor(python), "python_full_version": python, "platform_machine": machine,
             "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
             "implementation_name": "cpython", "platform_python_implementation": "CPython",
             "implementation_version": python, "platform_release": "", "platform_version": ""}
     pins = locks.pins(locks.path(flavour).read_text())
     return "".join(pin.requirement_line() + "\n" for pin in pins
                    if not pin.marker or Marker(pin.marker).evaluate(node))
+
+
+def _major_minor(python: str) -> str:
+    return ".".join(python.split(".")[:2])
 
 
 def _download_dependencies(directory: Path, requirements: str, python: str, machine: str,
@@ -146,7 +149,7 @@ def local_wheelhouse(python: str, machine: str, extras: tuple, echo: Callable[[s
     except KeyError as error:
         raise RuntimeInstallFailed(str(error.args[0])) from None
     requirements = locked_requirements(flavour, python, machine)
-    python = ".".join(python.split(".")[:2])
+    python = _major_minor(python)  # pins aside, one wheelhouse serves every micro version
     shipped = Path.home() / NODE_DIR / "wheelhouse"
     wanted = {"source": source_digest(), "python": python, "machine": machine, "extras": flavour}
     if _manifest_matches(shipped, wanted):
