@@ -26,8 +26,6 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from packaging.markers import Marker
-
 from launcher import locks
 from launcher.command_runner import CommandRunner
 from launcher.errors import LauncherError
@@ -114,9 +112,8 @@ def locked_requirements(flavour: str, python: str, machine: str) -> str:
             "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
             "implementation_name": "cpython", "platform_python_implementation": "CPython",
             "implementation_version": python, "platform_release": "", "platform_version": ""}
-    pins = locks.pins(locks.path(flavour).read_text())
-    return "".join(pin.requirement_line() + "\n" for pin in pins
-                   if not pin.marker or Marker(pin.marker).evaluate(node))
+    pins = locks.applicable(locks.pins(locks.path(flavour).read_text()), node)
+    return "".join(pin.requirement_line() + "\n" for pin in pins)
 
 
 def _major_minor(python: str) -> str:

@@ -99,8 +99,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._worker_env = worker_env
         self.pool = WorkerPool(worker_env, on_result=self._task_finished, on_death=self._worker_died)
         self.actor_host = ActorHost(self._lock, self.resources, self.pool, self.store, self._gcs,
-                                lambda: (self.node_id, self.address), self._message,
-                                self.task_events, self._fail, self._schedule, self._stopping)
+                                    lambda: (self.node_id, self.address), self._message,
+                                    self.task_events, self._fail, self._schedule, self._stopping)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, port: int = 0):

@@ -35,9 +35,8 @@ def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def wanted_inputs() -> dict[str, list[str]]:
+def wanted_inputs(pyproject: dict) -> dict[str, list[str]]:
     """Per lock file: the requirements pyproject.toml asks of it, in order, each once."""
-    pyproject = _pyproject()
     project, optional = pyproject["project"], pyproject["project"].get("optional-dependencies", {})
     clouds = [r for extras in locks.RUNTIME_FLAVOURS.values() for e in extras for r in optional[e]]
     wanted = {flavour: project["dependencies"] + [r for e in extras for r in optional[e]]
@@ -47,33 +46,33 @@ def wanted_inputs() -> dict[str, list[str]]:
     return {flavour: list(dict.fromkeys(r.strip() for r in reqs)) for flavour, reqs in wanted.items()}
 
 
-def _extras(flavour: str) -> list[str]:
+def _extras(flavour: str, pyproject: dict) -> list[str]:
     if flavour == locks.DEV:
-        pyproject = _pyproject()
         return sorted(pyproject["project"].get("optional-dependencies", {}))
     return list(locks.RUNTIME_FLAVOURS[flavour])
 
 
 def compile_all(uv: str) -> None:
     """The dev lock first; each runtime lock then takes its versions as constraints."""
-    extra_inputs = _pyproject()["build-system"]["requires"] + DEV_TOOLS
-    wanted = wanted_inputs()
+    pyproject = _pyproject()
+    wanted = wanted_inputs(pyproject)
     for flavour in [locks.DEV] + [f for f in wanted if f != locks.DEV]:
         command = [uv, "pip", "compile", "pyproject.toml", "--universal",
                    f"--python-version={OLDEST_PYTHON}", "--no-python-downloads", "--generate-hashes",
                    "--quiet", "--custom-compile-command", "bash scripts/lock.sh",
-                   *(f"--extra={e}" for e in _extras(flavour))]
+                   *(f"--extra={e}" for e in _extras(flavour, pyproject))]
         stdin = ""
         if flavour == locks.DEV:
             command.append("-")
-            stdin = "\n".join(extra_inputs) + "\n"
+            stdin = "\n".join(pyproject["build-system"]["requires"] + DEV_TOOLS) + "\n"
         else:
             command.append(f"--constraint={locks.path(locks.DEV).relative_to(REPO)}")
         print(f"==> locking {locks.path(flavour).relative_to(REPO)}", flush=True)
         result = subprocess.run(command, cwd=REPO, input=stdin, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"uv pip compile failed for {flavour}:\n{result.stderr.strip()}")
-        header = "# Made by scripts/lock.sh from pyproject.toml; do not edit. It was locked from:\n" + "".join(f"{locks.INPUT_PREFIX}{r}\n" for r in wanted[flavour])
+        header = ("# Made by scripts/lock.sh from pyproject.toml; do not edit. It was locked from:\n"
+                  + "".join(f"{locks.INPUT_PREFIX}{r}\n" for r in wanted[flavour]))
         locks.path(flavour).write_text(header + result.stdout)
 
 
@@ -86,7 +85,7 @@ def stale_reason() -> str | None:
     def normal(requirement: str) -> str:
         return re.sub(r"\s+", "", requirement).lower()
 
-    for flavour, wanted in wanted_inputs().items():
+    for flavour, wanted in wanted_inputs(_pyproject()).items():
         lock = locks.path(flavour)
         if not lock.exists():
             return f"{lock.relative_to(REPO)} is missing: {RELOCK}"
@@ -105,29 +104,16 @@ def stale_reason() -> str | None:
 
 def drift() -> list[str]:
     """Installed distributions whose version differs from the dev lock's pin for this Python."""
-    pinned = {}
-    python = ".".join(map(str, sys.version_info[:3]))
-    for pin in locks.pins(locks.path(locks.DEV).read_text()):
-        if _marker_applies(pin.marker, python):
-            pinned[_canonical(pin.name)] = pin.version
+    from packaging.utils import canonicalize_name  # installed by then: drift runs in the venv
+
+    pinned = {canonicalize_name(pin.name): pin.version
+              for pin in locks.applicable(locks.pins(locks.path(locks.DEV).read_text()))}
     lines = []
     for dist in importlib.metadata.distributions():
-        name = _canonical(dist.metadata["Name"])
+        name = canonicalize_name(dist.metadata["Name"])
         if name in pinned and pinned[name] != dist.version:
             lines.append(f"{name}: locked {pinned[name]}, here {dist.version}")
     return sorted(lines)
-
-
-def _marker_applies(marker: str, python: str) -> bool:
-    if not marker:
-        return True
-    from packaging.markers import Marker  # installed by then: drift runs inside the venv
-    return Marker(marker).evaluate({"python_full_version": python,
-                                    "python_version": python.rsplit(".", 1)[0]})
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def main(argv: list[str]) -> None:

@@ -51,6 +51,14 @@ def inputs(text: str) -> list[str]:
             if line.startswith(INPUT_PREFIX)]
 
 
+def applicable(pins: list[Pin], environment: dict | None = None) -> list[Pin]:
+    """The pins whose markers hold in `environment` (PEP 508 marker variables; None: this
+    interpreter's). Needs `packaging`, which the check before installing never calls for."""
+    from packaging.markers import Marker
+
+    return [pin for pin in pins if not pin.marker or Marker(pin.marker).evaluate(environment)]
+
+
 def pins(text: str) -> list[Pin]:
     """Every pinned line of a lock file (pip's requirements format, with hashes)."""
     logical = re.sub(r"\\\n", " ", text)
