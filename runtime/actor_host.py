@@ -2,8 +2,10 @@
 
 An actor comes to live here when the scheduler places its creation task on this node. Its calls
 are queued in submission order and sent to its worker up to the first one whose arguments are not
-here yet; results come back through the agent's worker pool. When the worker exits, the calls it
-had are failed and the actor is restarted (max_restarts) or marked dead; either way the GCS is told.
+here yet; results come back through the agent's worker pool. When the worker exits, the actor is
+restarted (max_restarts) or marked dead, and the GCS is told. The calls it had are failed, except
+across a restart those with retries left (max_task_retries), which run again first, in order. A
+worker that exits with code 0 ended the actor on purpose (exit_actor(), sys.exit()): no restart.
 
 Lock discipline: `lock` is the agent's lock; it guards the two maps below and each actor's queue,
 inflight calls and worker. An actor's `send_lock` keeps its sends in order and is always taken
@@ -17,7 +19,7 @@ import threading
 from collections import deque
 from typing import Callable, Optional
 
-from runtime.errors import ActorDiedError
+from runtime.exceptions import ActorDiedError
 from runtime.generated import runtime_pb2 as pb
 from runtime.scheduler import NodeResources, Task
 
@@ -191,14 +193,20 @@ class ActorHost:
             actor.inflight.clear()
             for task in lost:
                 self.calls.pop(task.spec.task_id, None)
-            restart = not actor.killed and actor.restarts_left != 0 and not self._stopping.is_set()
+            restart = not actor.killed and code != 0 and actor.restarts_left != 0 and \
+                not self._stopping.is_set()
             if actor.killed:
                 cause = "it was killed (kill() or its driver exited)"
+            elif code == 0:
+                cause = "it exited on purpose (exit_actor() or sys.exit() in one of its methods)"
             else:
                 cause = f"its worker process (pid {worker.pid}) exited with code {code}"
             if restart:
                 actor.restarts_left -= 1 if actor.restarts_left > 0 else 0
                 actor.num_restarts += 1
+                retried = _retried_calls(lost, actor.creation.max_task_retries)
+                actor.queue.extendleft(reversed(retried))
+                lost = [t for t in lost if t not in retried]
             else:
                 actor.dead = cause
                 lost += list(actor.queue)
@@ -212,3 +220,12 @@ class ActorHost:
         else:
             self._publish(actor, "DEAD", cause)
             self._reschedule()
+
+
+def _retried_calls(lost: list[Task], max_task_retries: int) -> list[Task]:
+    """The calls a restarted actor runs again, in submission order (task ids are not ordered:
+    the order they were sent in is kept by `inflight`, an insertion-ordered dict)."""
+    retried = [t for t in lost if max_task_retries < 0 or t.spec.attempt < max_task_retries]
+    for task in retried:
+        task.spec.attempt += 1
+    return retried

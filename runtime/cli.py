@@ -8,7 +8,7 @@ import sys
 import click
 
 from runtime import node
-from runtime.errors import RuntimeClusterError
+from runtime.exceptions import RuntimeClusterError
 
 
 def _parse_resources(value: str | None) -> dict:

@@ -24,7 +24,7 @@ from typing import Optional
 import grpc
 
 from runtime import object_store, rpc
-from runtime.errors import RuntimeClusterError
+from runtime.exceptions import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.session import (RUNTIME_DIR_ENV, TOKEN_ENV, Session, logs_dir, new_token, read_session,
@@ -49,7 +49,14 @@ def detect_resources(num_cpus=None, num_gpus=None, resources=None) -> dict:
     if num_gpus is not None:
         detected["GPU"] = float(num_gpus)
     detected.update({k: float(v) for k, v in (resources or {}).items()})
+    detected.setdefault("memory", _memory_resource())
     return {k: v for k, v in detected.items() if v > 0}
+
+
+def _memory_resource() -> float:
+    """Bytes of the `memory` resource (what `memory=` options ask for): 70% of the machine's
+    RAM, as Ray's default, leaving room for the object store and the system."""
+    return float(int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.7))
 
 
 def _nvidia_gpus() -> list[str]:

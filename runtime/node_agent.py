@@ -26,8 +26,9 @@ from typing import Optional
 import grpc
 
 from runtime import rpc
-from runtime.errors import (ActorDiedError, ObjectLostError, ObjectStoreFullError, TaskCancelledError,
-                            TaskError, WorkerCrashedError)
+from runtime.exceptions import (ActorDiedError, ObjectLostError, ObjectStoreFullError,
+                                TaskCancelledError, TaskFailedError, TaskUnschedulableError,
+                                WorkerCrashedError)
 from runtime.actor_host import ActorHost
 from runtime.gpus import GpuSlots, visible_gpu_ids
 from runtime.generated import runtime_pb2 as pb
@@ -37,7 +38,8 @@ from runtime.object_store import ObjectStore, default_capacity, remove_stale_dir
 from runtime.placement import is_group_resource
 from runtime.ready_queue import ReadyQueue
 from runtime.resources import fits, shape_key, subtract
-from runtime.scheduler import HERE, MAX_HOPS, NodeResources, Task, place, return_ids, scheduling_class
+from runtime.scheduler import (HERE, MAX_HOPS, NOWHERE, NodeResources, Task, place, return_ids,
+                               scheduling_class)
 from runtime.serialization import dumps_task_error, error_class_name
 from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
 from runtime.task_events import TaskEvents
@@ -97,7 +99,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                           CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type,
                           CLUSTER_OBJECT_STORE_DIR=str(self.store.directory), **{TOKEN_ENV: token})
         self._worker_env = worker_env
-        self.pool = WorkerPool(worker_env, on_result=self._task_finished, on_death=self._worker_died)
+        self.pool = WorkerPool(worker_env, on_result=self._task_finished, on_item=self._store_object,
+                               on_death=self._worker_died)
         self.actor_host = ActorHost(self._lock, self.resources, self.pool, self.store, self._gcs,
                                     lambda: (self.node_id, self.address), self._message,
                                     self.task_events, self._fail, self._schedule, self._stopping)
@@ -160,7 +163,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         return pb.Empty()
 
     def GetObjects(self, request, context):
-        with self._fetching_for_get(self._to_look_up(request.object_ids)):
+        with self._fetching_for_get(self._to_look_up(request.object_ids)), \
+                self._lending_cpus(request.blocked_task_id, request.object_ids):
             found = self.store.wait(request.object_ids, request.timeout,
                                     should_stop=lambda: not context.is_active())
         return pb.GetObjectsReply(objects=[self._object_data(i, request.map_files) for i in found],
@@ -179,7 +183,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def WaitObjects(self, request, context):
         ids = list(request.object_ids)
-        with self._fetching_for_get(self._to_look_up(ids)):
+        with self._fetching_for_get(self._to_look_up(ids)), \
+                self._lending_cpus(request.blocked_task_id, ids):
             ready = self.store.wait_some(ids, request.num_returns, request.timeout,
                                          should_stop=lambda: not context.is_active())
         return pb.WaitObjectsReply(ready=ready)
@@ -200,6 +205,24 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     self._get_wants[object_id] -= 1
                     if not self._get_wants[object_id]:
                         del self._get_wants[object_id]
+
+    @contextlib.contextmanager
+    def _lending_cpus(self, task_id: str, object_ids):
+        """A task running here blocks in get/wait: its CPUs serve other work until it returns
+        (not when what it waits for is here already)."""
+        with self._lock:
+            task = self._running.get(task_id) if task_id else None
+            if task is not None and all(self.store.contains(i) for i in object_ids):
+                task = None
+            freed = task is not None and self.resources.lend(task)
+        if freed:
+            self._schedule()
+        try:
+            yield
+        finally:
+            if task is not None:
+                with self._lock:
+                    self.resources.take_back(task)
 
     def _to_look_up(self, object_ids) -> list:
         """The ids a get/wait must look up in the GCS: not here, and not the result of work this
@@ -298,14 +321,17 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def _schedule(self) -> None:
         """Place every ready task: here if it fits, else on a node with room, else keep it queued."""
-        to_run, to_spill = [], []
+        to_run, to_spill, unschedulable = [], [], []
         with self._lock:
             for cls in self._ready.classes():  # the first of a class that finds no room stops it
                 while (task := self._ready.head(cls)) is not None:
-                    target = place(task, self.resources, self._view)
+                    target = place(task, self.resources, self._view, self.node_id)
                     if target is None:
                         break
                     self._ready.pop(cls)
+                    if target is NOWHERE:
+                        unschedulable.append(task)
+                        continue
                     if target is not HERE:
                         subtract(target.available, task.need)
                         to_spill.append((target, task))
@@ -326,6 +352,17 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._report_now.set()
         for target, task in to_spill:
             self._io.submit(self._spill, target, task)
+        for task in unschedulable:
+            self._io.submit(self._unschedulable, task)
+
+    def _unschedulable(self, task: Task) -> None:
+        """Work tied to a node that is not alive (hard NodeAffinitySchedulingStrategy) fails."""
+        why = f"it must run on node {task.spec.node_affinity}, which is not alive"
+        if task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
+            self._gcs.UpdateActor(pb.ActorInfo(actor_id=task.spec.actor_id, state="DEAD",
+                                               death_cause=why), timeout=10)
+        self._fail(task.spec, TaskUnschedulableError(f"task {task.spec.name} cannot be scheduled: "
+                                                     f"{why}"))
 
     # ------------------------------------------------------------------ placement-group bundles
     def ReserveBundles(self, request, context):
@@ -530,20 +567,23 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._store_results(spec, [dumps_task_error(error)] * len(return_ids(spec)))
 
     def _store_results(self, spec: pb.TaskSpec, results: list) -> None:
-        """Results are bytes, or the size of the file the worker wrote into the store; one that
-        finds no room in shared memory is kept on disk."""
         for object_id, data in zip(return_ids(spec), results):
-            try:
-                if isinstance(data, int):
-                    self.store.seal(object_id, data, keep_on_disk=True)
-                else:
-                    self.store.put(object_id, data, keep_on_disk=True)
-            except (OSError, ValueError) as exc:  # its caller gets the error, the agent goes on
-                error = TaskError(spec.name, f"its result could not be stored: {exc}")
-                self.store.put(object_id, dumps_task_error(error))
+            self._store_object(object_id, data, spec.name)
         with self._lock:
             self._expected.difference_update(return_ids(spec))
             self._awaited.difference_update(return_ids(spec))
+
+    def _store_object(self, object_id: str, data, task_name: str = "") -> None:
+        """A task's result or a generator's item: bytes, or the size of the file the worker
+        wrote into the store; one that finds no room in shared memory is kept on disk."""
+        try:
+            if isinstance(data, int):
+                self.store.seal(object_id, data, keep_on_disk=True)
+            else:
+                self.store.put(object_id, data, keep_on_disk=True)
+        except (OSError, ValueError) as exc:  # its caller gets the error, the agent goes on
+            error = TaskFailedError(task_name or object_id, f"its result could not be stored: {exc}")
+            self.store.put(object_id, dumps_task_error(error))
 
     def _task_finished(self, task_id: str, results: list) -> None:
         with self._lock:
@@ -551,7 +591,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             if actor is None:
                 task = self._running.pop(task_id, None)
                 if task is not None:
-                    self.resources.release(task.need, task.gpu_ids)
+                    self.resources.release_task(task)
             if task_id in self._cancelled:
                 self._cancelled.discard(task_id)
                 results = [dumps_task_error(TaskCancelledError(task.spec.name))] * len(results)
@@ -572,7 +612,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                      and (spec.max_retries < 0 or spec.attempt < spec.max_retries))
             if retry:
                 del self._running[task_id]
-                self.resources.release(task.need, task.gpu_ids)
+                self.resources.release_task(task)
                 spec.attempt += 1
                 log.info("retrying task %s (attempt %d): its worker (pid %d) exited with code %s",
                          spec.name, spec.attempt, pid, returncode)
@@ -599,6 +639,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         for task, count in self._ready.counts():
             if any(is_group_resource(k) for k in task.need):
                 continue  # waits for its placement group, which is demand of its own
+            if task.spec.node_affinity and not task.spec.node_affinity_soft:
+                continue  # waits for its node: another node would not help
             key = shape_key(task.need)
             counts[key] = counts.get(key, 0) + count
         return [pb.ShapeCount(shape=dict(k), count=c) for k, c in counts.items()]
@@ -613,7 +655,8 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 return
             with self._lock:
                 idle = -1.0 if self._idle_since is None else time.monotonic() - self._idle_since
-                request = pb.HeartbeatRequest(node_id=self.node_id, available=self.resources.available,
+                available = {k: max(v, 0.0) for k, v in self.resources.available.items()}
+                request = pb.HeartbeatRequest(node_id=self.node_id, available=available,
                                               idle_seconds=idle, demand=self._demand())
             try:
                 reply = self._gcs.Heartbeat(request, timeout=5)

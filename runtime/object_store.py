@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
-from runtime.errors import ObjectStoreFullError
+from runtime.exceptions import ObjectStoreFullError
 from runtime.serialization import Serialized
 
 INLINE_MAX = 100 * 1024

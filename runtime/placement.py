@@ -26,6 +26,14 @@ def is_group_resource(name: str) -> bool:
     return bool(_GROUP_RESOURCE.search(name))
 
 
+def group_of(need: Resources) -> str:
+    """The placement group whose resources `need` asks for ("" when none)."""
+    for name in need:
+        if is_group_resource(name):
+            return name[-32:]
+    return ""
+
+
 def in_bundle(need: Resources, pg_id: str, index: int) -> dict:
     """`need` rewritten to be served by bundle `index` of the group (-1: any of its bundles)."""
     wildcard = {f"{k}_group_{pg_id}": v for k, v in need.items() if v > 0}

@@ -20,6 +20,7 @@ from runtime.resources import EPSILON, add, fits, shape_key, subtract
 
 MAX_HOPS = 4  # a task forwarded this often stays where it is
 HERE = "here"  # place(): run on this node
+NOWHERE = "nowhere"  # place(): can never run (tied to a node that is gone)
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Task:
     missing: set
     key: tuple = ()  # scheduling_class(), computed once
     gpu_ids: Optional[list] = None  # the devices it got here; None on a node without GPUs
+    blocked: int = 0  # get/wait calls it is blocked in now
+    lent: dict = field(default_factory=dict)  # its CPUs, given back to the node while blocked
 
 
 def return_ids(spec: pb.TaskSpec) -> list:
@@ -41,7 +44,7 @@ def scheduling_class(task: Task) -> tuple:
     if not task.key:
         spec = task.spec
         task.key = (spec.kind, shape_key(task.need), shape_key(spec.hold_resources),
-                    spec.hops >= MAX_HOPS)
+                    spec.hops >= MAX_HOPS, spec.node_affinity, spec.node_affinity_soft)
     return task.key
 
 
@@ -77,6 +80,30 @@ class NodeResources:
         if gpu_ids:
             self.gpus.release(gpu_ids, plain_amount(need, "GPU"))
 
+    def release_task(self, task: Task) -> None:
+        """A running task ended: give back what it holds (less what it has lent out)."""
+        self.take_back(task, force=True)
+        self.release(task.need, task.gpu_ids)
+
+    def lend(self, task: Task) -> bool:
+        """The running task blocks in get/wait: its CPUs (plain or a bundle's) go back to the node
+        until it returns, as in Ray, so the work it waits for can run. True when some came free."""
+        task.blocked += 1
+        if task.blocked > 1:
+            return False
+        task.lent = {k: v for k, v in task.need.items()
+                     if (k == "CPU" or k.startswith("CPU_group_")) and k in self.total}
+        add(self.available, task.lent)
+        return bool(task.lent)
+
+    def take_back(self, task: Task, force: bool = False) -> None:
+        """The task returned from its last get/wait (or ended: `force`): it holds its CPUs again,
+        even when that leaves the node over-committed for a while (Ray does the same)."""
+        task.blocked = 0 if force else max(0, task.blocked - 1)
+        if task.blocked == 0 and task.lent:
+            subtract(self.available, task.lent)
+            task.lent = {}
+
     def reserve_bundles(self, pg_id: str, indexes: list, bundles: list[dict]) -> bool:
         """Set the bundles aside (all or none): their plain resources leave the free amounts and
         come back named after the group, for the work scheduled into it."""
@@ -111,11 +138,19 @@ class NodeResources:
         return offered
 
 
-def place(task: Task, here: NodeResources,
-          view: Mapping[str, pb.NodeInfo]) -> Union[str, pb.NodeInfo, None]:
-    """HERE, another node of `view` (the others' free resources as last heard), or None: wait
-    here. Work that needs no GPU avoids GPU nodes while a node without GPUs has room, so GPUs
-    stay free for the work that needs them; among nodes with room, the one with most spare CPU."""
+def place(task: Task, here: NodeResources, view: Mapping[str, pb.NodeInfo],
+          node_id: str = "") -> Union[str, pb.NodeInfo, None]:
+    """HERE, another node of `view` (the others' free resources as last heard), None: wait
+    here, or NOWHERE. Work that needs no GPU avoids GPU nodes while a node without GPUs has room,
+    so GPUs stay free for the work that needs them; among nodes with room, the one with most
+    spare CPU. Work tied to a node (`node_affinity`, this node being `node_id`) goes there, or
+    waits for room there, or (soft) goes where the rest would; tied to a node that is not alive,
+    it can never run, unless soft."""
+    affinity = task.spec.node_affinity
+    if affinity:
+        tied = _tied(task, here, view, node_id)
+        if tied is not None or not task.spec.node_affinity_soft:
+            return tied
     room = [] if task.spec.hops >= MAX_HOPS else [
         n for n in view.values() if fits(task.need, n.available)]
     needs_gpu = task.need.get("GPU", 0) > 0
@@ -128,6 +163,20 @@ def place(task: Task, here: NodeResources,
     if room:
         return max(room, key=lambda n: (needs_gpu or n.total.get("GPU", 0) <= 0, *_spare_cpu(n)))
     return None
+
+
+def _tied(task: Task, here: NodeResources, view: Mapping[str, pb.NodeInfo], node_id: str):
+    """Placement by node affinity: HERE, the node, NOWHERE (hard, node gone), or None (wait,
+    or for soft affinity: place it as any other work)."""
+    soft = task.spec.node_affinity_soft
+    if task.spec.node_affinity == node_id:
+        return HERE if here.fits(task) else None
+    target = view.get(task.spec.node_affinity)
+    if target is None:
+        return None if soft else NOWHERE
+    if soft and not fits(task.need, target.available):
+        return None
+    return target
 
 
 def _spare_cpu(node: pb.NodeInfo) -> tuple:

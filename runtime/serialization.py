@@ -10,14 +10,18 @@ Errors are stored as objects too, so `get` on a failed task's result raises on t
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import os
 import pickle
+import threading
 import struct
 import traceback
 
 import cloudpickle
 
 from runtime import refs
-from runtime.errors import TaskError
+from runtime.exceptions import RayError, RayTaskError
 
 _VALUE = b"V"
 _ERROR = b"E"
@@ -36,12 +40,32 @@ class ObjectRef:
 
     __slots__ = ("_id", "_owned")
 
-    def __init__(self, object_id: str, _owned: bool = False):
-        self._id = object_id
+    def __init__(self, object_id: str | bytes, _owned: bool = False):
+        self._id = object_id.hex() if isinstance(object_id, bytes) else object_id
         self._owned = _owned
 
     def hex(self) -> str:
         return self._id
+
+    def binary(self) -> bytes:
+        return bytes.fromhex(self._id)
+
+    def future(self) -> concurrent.futures.Future:
+        """A future that resolves to the object's value (or its error)."""
+        from runtime.objects_api import get
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def resolve():
+            try:
+                future.set_result(get(self))
+            except BaseException as exc:
+                future.set_exception(exc)
+        threading.Thread(target=resolve, daemon=True, name="ref-future").start()
+        return future
+
+    def __await__(self):  # `await ref` in async code, as in Ray
+        return asyncio.wrap_future(self.future()).__await__()
 
     def __eq__(self, other):
         return isinstance(other, ObjectRef) and other._id == self._id
@@ -116,21 +140,21 @@ def serialize_error(task_name: str, exc: BaseException) -> Serialized:
     """An exception raised by user code, keeping the remote traceback as text."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        return Serialized(_ERROR, TaskError(task_name, text, exc))
+        return Serialized(_ERROR, RayTaskError(task_name, text, exc, pid=os.getpid()))
     except Exception:  # the user's exception itself cannot be pickled: keep its text
-        return Serialized(_ERROR, TaskError(task_name, text))
+        return Serialized(_ERROR, RayTaskError(task_name, text, pid=os.getpid()))
 
 
-def serialize_task_error(error: TaskError) -> Serialized:
+def serialize_task_error(error: RayError) -> Serialized:
     return Serialized(_ERROR, error)
 
 
-def dumps_task_error(error: TaskError) -> bytes:
+def dumps_task_error(error: RayError) -> bytes:
     return serialize_task_error(error).to_bytes()
 
 
 def loads(blob):
-    """Return the stored value, or raise the stored TaskError. `blob` is bytes or a memoryview of
+    """Return the stored value, or raise the stored error (a task's: as its cause's class too). `blob` is bytes or a memoryview of
     a mapped file; buffers inside the value point into it, read-only."""
     view = memoryview(blob)
     magic, kind, count, pickle_len = _HEADER.unpack_from(view)
@@ -141,7 +165,7 @@ def loads(blob):
                                           for i in range(count))]
     value = pickle.loads(view[start:start + pickle_len], buffers=buffers)
     if kind == _ERROR:
-        raise value
+        raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value
     return value
 
 
@@ -152,10 +176,12 @@ def error_class_name(result) -> str:
         return ""
     try:
         loads(result)
-    except TaskError as error:
+    except RayTaskError as error:
         return type(error.cause or error).__name__
+    except RayError as error:
+        return type(error).__name__
     except Exception:  # the user's exception class cannot be loaded here
-        return TaskError.__name__
+        return RayTaskError.__name__
     return ""
 
 

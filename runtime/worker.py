@@ -3,35 +3,44 @@
 User code inside a task can call the runtime API (nested `.remote()`, `get`): the worker connects
 to its node agent like a driver does, from the environment the agent gave it. An actor's worker
 runs the ACTOR_CREATION call once, keeps the instance, and runs its method calls in the order they
-arrive.
+arrive (or side by side: async and threaded actors).
 
 Large dependencies arrive as the path of their file in the node's shared-memory store: the worker
 maps it, so arrays inside are read without a copy. Large results are written into that store by
-the worker itself; only their size goes back to the agent.
+the worker itself; only their size goes back to the agent. A generator's items go back one message
+each, as they are produced, before the task's own result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import inspect
+import json
 import os
 import pickle
 import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Optional
 from multiprocessing.connection import Connection
 
-from runtime import api
+import cloudpickle
+
+from runtime import client as client_state
+from runtime.exceptions import PASSED_ON, AsyncioActorExit, ObjectStoreFullError
 from runtime.generated import runtime_pb2 as pb
-from runtime.errors import ObjectStoreFullError, TaskError
+from runtime.generators import DynamicObjectRefGenerator
+from runtime.ids import item_id
 from runtime.object_store import map_file, stage
-from runtime.serialization import (Serialized, loads_args, serialize, serialize_error,
+from runtime.serialization import (ObjectRef, Serialized, loads_args, serialize, serialize_error,
                                    serialize_task_error)
 
 
 _actor = None  # the instance, in an actor's dedicated worker
+_actor_loop: Optional[asyncio.AbstractEventLoop] = None  # an async actor's event loop
 _actor_error: Serialized | None = None  # the creation error, returned by every method call
 _in_task = False  # whether user code runs now: only then does cancel()'s SIGINT interrupt it
 
@@ -51,10 +60,14 @@ def run_task(spec: pb.TaskSpec, dependencies: dict) -> list[Serialized]:
     attempts_left = spec.max_retries - spec.attempt if spec.retry_exceptions else 0
     while True:
         try:
-            return _results(spec, _invoke(spec, dependencies))
+            with _runtime_env(spec):
+                return _results(spec, _invoke(spec, dependencies))
+        except SystemExit:
+            if spec.kind != pb.TaskSpec.ACTOR_METHOD:
+                raise
+            _exit_actor()
         except BaseException as exc:  # everything the user's code raises goes back to the caller
-            if attempts_left != 0 and spec.kind == pb.TaskSpec.TASK and \
-                    not isinstance(exc, (TaskError, KeyboardInterrupt)):
+            if attempts_left != 0 and spec.kind == pb.TaskSpec.TASK and _retriable(spec, exc):
                 attempts_left -= 1
                 continue
             results = _error_results(spec, exc)
@@ -69,11 +82,55 @@ async def run_task_async(spec: pb.TaskSpec, dependencies: dict) -> list[Serializ
         return [_actor_error] * _count(spec)
     try:
         value = _invoke(spec, dependencies)
+        if inspect.isasyncgen(value):
+            return _generator_results(spec, [item async for item in value])
         if inspect.isawaitable(value):
             value = await value
         return _results(spec, value)
+    except (SystemExit, AsyncioActorExit):
+        _exit_actor()
     except BaseException as exc:
         return _error_results(spec, exc)
+
+
+def _retriable(spec: pb.TaskSpec, exc: BaseException) -> bool:
+    """retry_exceptions: whether this exception reruns the task (never a failed dependency's
+    error, nor a cancel; with a list of classes, only those)."""
+    if isinstance(exc, (*PASSED_ON, KeyboardInterrupt)):
+        return False
+    if not spec.retry_exception_types:
+        return True
+    return isinstance(exc, cloudpickle.loads(spec.retry_exception_types))
+
+
+def _exit_actor() -> None:
+    """The actor exits on purpose (exit_actor() or sys.exit() in a method): atexit handlers run,
+    then the process ends with code 0, which its node agent takes as "do not restart"."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        os._exit(0)
+
+
+@contextlib.contextmanager
+def _runtime_env(spec: pb.TaskSpec):
+    """The work's runtime_env env_vars: set for a task's run (then restored: the worker is
+    reused), for good in an actor's own worker."""
+    env_vars = json.loads(spec.runtime_env).get("env_vars", {}) if spec.runtime_env else {}
+    if spec.kind == pb.TaskSpec.ACTOR_METHOD or not env_vars:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in env_vars}
+    os.environ.update(env_vars)
+    try:
+        yield
+    finally:
+        if spec.kind == pb.TaskSpec.TASK:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _invoke(spec: pb.TaskSpec, dependencies: dict):
@@ -83,11 +140,20 @@ def _invoke(spec: pb.TaskSpec, dependencies: dict):
     args, kwargs = loads_args(spec.args, blobs)
     if spec.kind == pb.TaskSpec.ACTOR_METHOD:
         return getattr(_actor, spec.method)(*args, **kwargs)
-    function = api.function_table().load(spec.function_id)
+    function = client_state.function_table().load(spec.function_id)
     if spec.kind == pb.TaskSpec.ACTOR_CREATION:
-        _actor = function(*args, **kwargs)
+        _actor = _construct(function, args, kwargs)
         return None
     return function(*args, **kwargs)
+
+
+def _construct(cls, args, kwargs):
+    """The actor's instance; an `async def __init__` is awaited on the actor's event loop."""
+    if not inspect.iscoroutinefunction(getattr(cls, "__init__", None)):
+        return cls(*args, **kwargs)
+    instance = cls.__new__(cls)
+    asyncio.run_coroutine_threadsafe(instance.__init__(*args, **kwargs), _actor_loop).result()
+    return instance
 
 
 def _count(spec: pb.TaskSpec) -> int:
@@ -95,6 +161,8 @@ def _count(spec: pb.TaskSpec) -> int:
 
 
 def _results(spec: pb.TaskSpec, value) -> list[Serialized]:
+    if spec.generator != pb.TaskSpec.NOT_GENERATOR:
+        return _generator_results(spec, value)
     count = _count(spec)
     if count == 1:
         return [serialize(value)]
@@ -105,8 +173,21 @@ def _results(spec: pb.TaskSpec, value) -> list[Serialized]:
     return [serialize(v) for v in values]
 
 
+def _generator_results(spec: pb.TaskSpec, items) -> list[Serialized]:
+    """Store each item as it is produced (a streaming caller gets its ref at once); the task's
+    own result is the count of items, or (dynamic) the refs to all of them."""
+    refs = []
+    for index, item in enumerate(items):
+        object_id = item_id(spec.task_id, index)
+        _send(("item", object_id, _output(object_id, serialize(item), spec.name)))
+        refs.append(ObjectRef(object_id))
+    if spec.generator == pb.TaskSpec.STREAMING:
+        return [serialize(len(refs))]
+    return [serialize(DynamicObjectRefGenerator(refs))]
+
+
 def _error_results(spec: pb.TaskSpec, exc: BaseException) -> list[Serialized]:
-    if isinstance(exc, TaskError):  # a failed dependency: its error is the result, unchanged
+    if isinstance(exc, PASSED_ON):  # a failed dependency: its error is the result, unchanged
         return [serialize_task_error(exc)] * _count(spec)
     return [serialize_error(spec.name, exc)] * _count(spec)
 
@@ -118,10 +199,10 @@ class ConcurrentActor:
     (default 1000 for async) run at once; each result goes back when its call ends, in any order,
     since the agent matches results by task id."""
 
-    def __init__(self, is_async: bool, max_concurrency: int, send_result: Callable):
-        self._send = send_result
+    def __init__(self, is_async: bool, max_concurrency: int):
+        global _actor_loop
         if is_async:
-            self._loop = asyncio.new_event_loop()
+            self._loop = _actor_loop = asyncio.new_event_loop()
             self._slots = asyncio.Semaphore(max_concurrency or 1000)
             threading.Thread(target=self._loop.run_forever, daemon=True, name="actor-loop").start()
             self._threads = None
@@ -130,36 +211,48 @@ class ConcurrentActor:
 
     def submit(self, spec: pb.TaskSpec, dependencies: dict) -> None:
         if self._threads is not None:
-            self._threads.submit(lambda: self._send(spec, run_task(spec, dependencies)))
+            self._threads.submit(lambda: _send_result(spec, run_task(spec, dependencies)))
         else:
             asyncio.run_coroutine_threadsafe(self._call(spec, dependencies), self._loop)
 
     async def _call(self, spec: pb.TaskSpec, dependencies: dict) -> None:
         async with self._slots:
             results = await run_task_async(spec, dependencies)
-        await asyncio.get_running_loop().run_in_executor(None, self._send, spec, results)
+        await asyncio.get_running_loop().run_in_executor(None, _send_result, spec, results)
 
 
-def _concurrency(spec: pb.TaskSpec) -> Optional[ConcurrentActor]:
-    """After an actor's creation: how its calls run, if not one at a time."""
-    is_async = _actor is not None and any(
-        inspect.iscoroutinefunction(getattr(type(_actor), name, None)) for name in dir(type(_actor)))
-    if not is_async and spec.max_concurrency <= 1:
+def _concurrency(creation: pb.TaskSpec) -> Optional[ConcurrentActor]:
+    """Before an actor's creation: how its calls run, if not one at a time (its event loop must
+    exist before an `async def __init__` runs)."""
+    cls = client_state.function_table().load(creation.function_id)
+    is_async = any(inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+                   for _, member in inspect.getmembers(cls, callable))
+    if not is_async and creation.max_concurrency <= 1:
         return None
-    return ConcurrentActor(is_async, spec.max_concurrency, _send_result)
+    return ConcurrentActor(is_async, creation.max_concurrency)
 
 
 _conn: Optional[Connection] = None
 _send_lock = threading.Lock()
 
 
-def _send_result(spec: pb.TaskSpec, results: list) -> None:
-    store = os.environ.get("CLUSTER_OBJECT_STORE_DIR")
-    ids = list(spec.return_ids) or [spec.return_id]
-    outputs = [_output(store, i, obj, spec.name) for i, obj in zip(ids, results)]
-    message = pickle.dumps(("result", spec.task_id, outputs), protocol=5)
+def _send(message: tuple) -> None:
+    data = pickle.dumps(message, protocol=5)
     with _send_lock:
-        _conn.send_bytes(message)
+        _conn.send_bytes(data)
+
+
+def _send_result(spec: pb.TaskSpec, results: list) -> None:
+    ids = list(spec.return_ids) or [spec.return_id]
+    _send(("result", spec.task_id, [_output(i, obj, spec.name) for i, obj in zip(ids, results)]))
+
+
+def _output(object_id: str, obj: Serialized, task_name: str):
+    """A result for the agent: bytes, or the size of the file written into the store."""
+    try:
+        return stage(os.environ.get("CLUSTER_OBJECT_STORE_DIR"), object_id, obj)
+    except ObjectStoreFullError as exc:  # shared memory is full: the caller gets the error
+        return serialize_error(task_name, exc).to_bytes()
 
 
 def main() -> None:
@@ -167,7 +260,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _interrupt)
     _conn = Connection(int(sys.argv[1]))
-    api.connect_from_environment()
+    client_state.connect_from_environment()
     concurrent: Optional[ConcurrentActor] = None
     while True:
         try:
@@ -178,28 +271,21 @@ def main() -> None:
         spec = pb.TaskSpec.FromString(spec_bytes)
         if gpu_ids is not None:  # a GPU node: the task sees its own devices and no others
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-            api.set_gpu_ids(gpu_ids)
+        client_state.enter_task(spec, gpu_ids)
         if concurrent is not None:
             concurrent.submit(spec, dependencies)
             continue
-        if spec.kind != pb.TaskSpec.ACTOR_METHOD:  # an actor's nested work is its creator's
-            api.set_job(spec.job_id)
+        if spec.kind == pb.TaskSpec.ACTOR_CREATION:
+            try:
+                concurrent = _concurrency(spec)
+            except Exception:  # the class cannot be loaded: run_task reports why
+                pass
         _in_task = True
         try:
             results = run_task(spec, dependencies)
         finally:
             _in_task = False
         _send_result(spec, results)
-        if spec.kind == pb.TaskSpec.ACTOR_CREATION:
-            concurrent = _concurrency(spec)
-
-
-def _output(store, object_id: str, obj: Serialized, task_name: str):
-    """A result for the agent: bytes, or the size of the file written into the store."""
-    try:
-        return stage(store, object_id, obj)
-    except ObjectStoreFullError as exc:  # shared memory is full: the caller gets the error
-        return serialize_error(task_name, exc).to_bytes()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The node agent's worker processes: each runs one task at a time, talking over a private socket.
 
 A worker is `python -m runtime.worker FD`; the agent sends it a pickled (TaskSpec, dependency
-values) and reads back ("result", task_id, [object bytes, one per return id]). A worker that dies
+values) and reads back ("result", task_id, [object bytes, one per return id]), preceded by one
+("item", object id, object) per value a generator task yields. A worker that dies
 mid-task is reported through `on_death` so the task can be retried or its caller gets an error
 instead of waiting forever. An actor's worker is `dedicated`: it never goes back to the idle pool,
 and its death is reported through its own `on_exit`.
@@ -44,9 +45,10 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, env: dict, on_result: Callable, on_death: Callable):
+    def __init__(self, env: dict, on_result: Callable, on_item: Callable, on_death: Callable):
         self._env = env
         self._on_result = on_result
+        self._on_item = on_item
         self._on_death = on_death
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
@@ -99,6 +101,9 @@ class WorkerPool:
                 kind, task_id, data = pickle.loads(worker.conn.recv_bytes())
             except (EOFError, OSError):
                 break
+            if kind == "item":  # (the id is the item's object id)
+                self._on_item(task_id, data)
+                continue
             worker.task_id = None
             with self._lock:
                 if worker.on_exit is None:

@@ -192,7 +192,7 @@ def test_kill_fails_later_calls_with_actor_died_error(cluster):
 def test_method_error_reaches_get_and_actor_keeps_serving(cluster):
     counter = Counter.remote()
     assert ray.get(counter.increment.remote()) == 1
-    with pytest.raises(ray.TaskError, match="bad call 7") as info:
+    with pytest.raises(ray.RayTaskError, match="bad call 7") as info:
         ray.get(counter.fail.remote())
     assert isinstance(info.value.cause, ValueError)
     assert ray.get(counter.increment.remote()) == 2  # state kept
@@ -300,7 +300,7 @@ def test_retry_exceptions(cluster, tmp_path):
             f.write("y")
         raise RuntimeError("no retry by default")
 
-    with pytest.raises(ray.TaskError, match="no retry by default"):
+    with pytest.raises(ray.RayTaskError, match="no retry by default"):
         ray.get(fails.remote(str(marker)))
     assert marker.read_text() == "xxxy"
 
@@ -374,7 +374,7 @@ def test_constructor_args_by_ref_and_constructor_error(cluster):
             return "pong"
 
     broken = Broken.remote()
-    with pytest.raises(ray.TaskError, match="cannot build 9"):
+    with pytest.raises(ray.RayTaskError, match="cannot build 9"):
         ray.get(broken.ping.remote())
     ray.kill(counter)
     ray.kill(broken)
@@ -524,7 +524,7 @@ def test_async_actor_method_errors_reach_the_caller(cluster):
         async def boom(self):
             raise KeyError("async boom")
 
-    with pytest.raises(ray.TaskError, match="async boom"):
+    with pytest.raises(ray.RayTaskError, match="async boom"):
         ray.get(Failing.remote().boom.remote(), timeout=30)
 
 

@@ -101,5 +101,5 @@ def test_an_object_that_cannot_be_rebuilt_is_a_clear_error(cluster):
 
     [inner] = ray.get(put_there.remote(), timeout=30)
     _kill(doomed)
-    with pytest.raises(ray.TaskError, match="was lost: the node holding it died"):
+    with pytest.raises(ray.ObjectLostError, match="was lost: the node holding it died"):
         ray.get(inner, timeout=30)

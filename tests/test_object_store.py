@@ -57,7 +57,7 @@ def store_files(directory) -> list:
 def private_cluster(runtime_home):
     """A single-node cluster of this driver's own, with a 50 MB store; yields its store directory."""
     ray.init(num_cpus=2, object_store_memory=50 * MB)
-    directory = ray.api._client.store_directory()
+    directory = ray.client.connected().store_directory()
     try:
         yield directory
     finally:
@@ -73,7 +73,7 @@ def two_nodes(runtime_home, monkeypatch):
 
 def test_large_array_comes_back_from_shared_memory_read_only(runtime_home):
     ray.init(num_cpus=1)
-    directory = ray.api._client.store_directory()
+    directory = ray.client.connected().store_directory()
     try:
         array = np.random.default_rng(0).random(100 * MB // 8)
         ref = ray.put(array)
@@ -110,7 +110,7 @@ def test_large_objects_move_between_nodes_into_the_other_store(two_nodes):
     array = np.arange(20 * MB // 8, dtype=np.float64)
     on_worker = inspect.options(resources={"special": 1})
     where, _, total = ray.get(on_worker.remote(ray.put(array)))
-    head_store = ray.api._client.store_directory()
+    head_store = ray.client.connected().store_directory()
     assert where.startswith(str(object_store.SHM_ROOT / object_store.DIR_PREFIX))
     assert not where.startswith(f"{head_store}/")  # a copy in the worker node's own store
     assert total == float(array.sum())
@@ -124,7 +124,7 @@ def test_full_store_spills_least_recently_used_objects_and_restores_them(private
     refs = [ray.put(a) for a in arrays]  # 60 MB into 50 MB: the first goes to disk
     in_shm = store_files(private_cluster)
     assert refs[0].hex() not in in_shm and {r.hex() for r in refs[1:]} <= set(in_shm)
-    spilled = [p.name for p in Path(ray.api._client.local_node.directory).glob("spill/*/*")]
+    spilled = [p.name for p in Path(ray.client.connected().local_node.directory).glob("spill/*/*")]
     assert refs[0].hex() in spilled
     first = ray.get(refs[0])  # restored into shared memory, spilling the least recent other
     assert np.array_equal(first, arrays[0])

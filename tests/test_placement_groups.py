@@ -7,7 +7,7 @@ import os
 import pytest
 
 import runtime as ray
-from runtime import api
+from runtime import client
 from runtime.generated import runtime_pb2 as pb
 from runtime.placement import place
 from runtime.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -50,7 +50,7 @@ class Host:
 
 
 def _cluster_state() -> pb.ClusterState:
-    return api._connected().gcs.GetClusterState(pb.Empty(), timeout=10)
+    return client.connected().gcs.GetClusterState(pb.Empty(), timeout=10)
 
 
 def test_strict_spread_puts_each_bundle_and_its_work_on_its_own_node(cluster):

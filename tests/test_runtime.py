@@ -13,7 +13,7 @@ import pytest
 
 import runtime as ray
 from runtime import node, rpc
-from runtime.errors import RuntimeClusterError
+from runtime.exceptions import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from tests.conftest import pid_alive, two_node_cluster, wait_for
@@ -105,10 +105,10 @@ def test_task_error_reaches_get_with_remote_traceback(two_nodes):
     def fail():
         raise ValueError("bad input 42")
 
-    with pytest.raises(ray.TaskError) as info:
+    with pytest.raises(ray.RayTaskError) as info:
         ray.get(fail.remote())
     assert isinstance(info.value.cause, ValueError)
-    assert "bad input 42" in info.value.traceback_text and "raise ValueError" in info.value.traceback_text
+    assert "bad input 42" in info.value.traceback_str and "raise ValueError" in info.value.traceback_str
     assert ray.get(add.remote(1, 1)) == 2  # the cluster keeps serving
 
 
@@ -118,11 +118,11 @@ def test_actor_method_error_quotes_the_line_in_the_users_file(two_nodes):
             raise RuntimeError("loss is nan")
 
     model = ray.remote(Model).remote()
-    with pytest.raises(ray.TaskError) as info:
+    with pytest.raises(ray.RayTaskError) as info:
         ray.get(model.step.remote(), timeout=30)
     raise_line = Model.step.__code__.co_firstlineno + 1
     assert (f'File "{__file__}", line {raise_line}, in step\n'
-            f'    raise RuntimeError("loss is nan")\n') in info.value.traceback_text
+            f'    raise RuntimeError("loss is nan")\n') in info.value.traceback_str
 
 
 DRIVER_SCRIPT = """\
@@ -140,8 +140,8 @@ failed = train.remote(__file__)
 os.remove(__file__)
 try:
     ray.get(failed, timeout=60)
-except ray.TaskError as error:
-    print(error.traceback_text)
+except ray.RayTaskError as error:
+    print(error.traceback_str)
 """
 
 
@@ -165,7 +165,7 @@ def test_error_propagates_to_dependent_task(two_nodes):
     def fail():
         raise KeyError("missing")
 
-    with pytest.raises(ray.TaskError) as info:
+    with pytest.raises(ray.RayTaskError) as info:
         ray.get(add.remote(fail.remote(), 1))
     assert isinstance(info.value.cause, KeyError)
 
@@ -211,7 +211,7 @@ def test_init_without_address_starts_and_stops_a_private_cluster(runtime_home):
     try:
         assert ray.get(add.remote(2, 3)) == 5
         assert ray.cluster_resources()["CPU"] == 2.0
-        pids = list(ray.api._client.local_node.pids.values())
+        pids = list(ray.client.connected().local_node.pids.values())
     finally:
         ray.shutdown()
     assert info["gcs_address"].startswith("127.0.0.1:")
@@ -258,10 +258,10 @@ def test_bad_calls_are_clear_errors_and_the_cluster_keeps_serving(two_nodes, mon
     def returns_a_lock():
         return threading.Lock()
 
-    with pytest.raises(ray.TaskError, match="cannot pickle"):
+    with pytest.raises(ray.RayTaskError, match="cannot pickle"):
         ray.get(returns_a_lock.remote(), timeout=30)
 
-    monkeypatch.setattr(ray.api, "WARN_AFTER_S", 0.5)
+    monkeypatch.setattr(ray.objects_api, "WARN_AFTER_S", 0.5)
     never = ray.remote(num_gpus=4)(lambda: 1).remote()  # no node has GPUs, and no autoscaler
     with pytest.raises(ray.GetTimeoutError):
         ray.get(never, timeout=2)

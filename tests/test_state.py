@@ -62,7 +62,7 @@ def _task(name_part: str, wanted_state: str):
 def test_tasks_show_running_finished_and_failed_with_the_error_type(cluster, tmp_path):
     release = tmp_path / "release"
     running = waits_for.remote(str(release))
-    with pytest.raises(ray.TaskError):
+    with pytest.raises(ray.RayTaskError):
         ray.get(fails.remote(), timeout=30)
     task = wait_for(lambda: _task("waits_for", "RUNNING"), 10, "the running task in the table")
     assert task["worker_pid"] and task["type"] == "NORMAL_TASK"

@@ -1,5 +1,8 @@
-"""Ray's `ray.util` names: placement groups and scheduling strategies."""
+"""Ray's `ray.util` names: placement groups, scheduling strategies, ActorPool, and the
+`queue` submodule (`ray.util.queue.Queue`)."""
 
+from runtime.util import queue
+from runtime.util.actor_pool import ActorPool
 from runtime.util.placement_group import (
     PlacementGroup,
     get_placement_group,
@@ -8,5 +11,6 @@ from runtime.util.placement_group import (
     remove_placement_group,
 )
 
-__all__ = ["PlacementGroup", "get_placement_group", "placement_group", "placement_group_table",
-           "remove_placement_group"]
+# not `queue`: `from runtime.util import *` would hide the standard library's
+__all__ = ["ActorPool", "PlacementGroup", "get_placement_group", "placement_group",
+           "placement_group_table", "remove_placement_group"]

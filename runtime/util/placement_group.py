@@ -8,11 +8,12 @@ PENDING and counts as demand, so the autoscaler launches nodes for it.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import uuid
 from typing import Mapping, Optional, Sequence
 
-from runtime import api
+from runtime import client as client_state
 from runtime.generated import runtime_pb2 as pb
 from runtime.placement import STRATEGIES
 
@@ -37,11 +38,12 @@ class PlacementGroup:
     def ready(self):
         """An ObjectRef that resolves (to this group) once every bundle is reserved: a task that
         needs nothing but a place in bundle 0."""
-        return _ready.options(placement_group=self, placement_group_bundle_index=0).remote(self)
+        return _ready_task().options(placement_group=self,
+                                     placement_group_bundle_index=0).remote(self)
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """Whether the group is placed within the timeout."""
-        reply = api._connected().gcs.WaitPlacementGroup(
+        reply = client_state.connected().gcs.WaitPlacementGroup(
             pb.PlacementGroupRequest(pg_id=self.id, timeout=timeout_seconds),
             timeout=timeout_seconds + 30)
         return reply.found and reply.info.state == "CREATED"
@@ -59,9 +61,15 @@ class PlacementGroup:
         return f"PlacementGroup({self.id}, {self.strategy}, {self.bundle_specs})"
 
 
-@api.remote(num_cpus=0)
-def _ready(pg: PlacementGroup) -> PlacementGroup:
+def _echo(pg: PlacementGroup) -> PlacementGroup:
     return pg
+
+
+@functools.lru_cache(maxsize=None)
+def _ready_task():
+    from runtime.remote_function import RemoteFunction  # (it imports this package)
+
+    return RemoteFunction(_echo, num_cpus=0, name="PlacementGroup.ready")
 
 
 def placement_group(bundles: Sequence[Mapping[str, float]], strategy: str = "PACK",
@@ -81,7 +89,7 @@ def placement_group(bundles: Sequence[Mapping[str, float]], strategy: str = "PAC
                              f"at least one positive; got {bundle!r}")
     if lifetime not in (None, "detached"):
         raise ValueError(f"lifetime must be None or 'detached', got {lifetime!r}")
-    client = api._connected()
+    client = client_state.auto_connected()
     pg_id = uuid.uuid4().hex
     specs = [{k: float(v) for k, v in b.items() if v > 0} for b in bundles]
     reply = client.gcs.CreatePlacementGroup(pb.PlacementGroupInfo(
@@ -96,11 +104,11 @@ def placement_group(bundles: Sequence[Mapping[str, float]], strategy: str = "PAC
 
 def remove_placement_group(pg: PlacementGroup) -> None:
     """Give the group's resources back; actors living in it are killed."""
-    api._connected().gcs.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id=pg.id), timeout=30)
+    client_state.connected().gcs.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id=pg.id), timeout=30)
 
 
 def get_placement_group(name: str) -> PlacementGroup:
-    reply = api._connected().gcs.GetPlacementGroup(pb.PlacementGroupRequest(name=name), timeout=30)
+    reply = client_state.connected().gcs.GetPlacementGroup(pb.PlacementGroupRequest(name=name), timeout=30)
     if not reply.found or reply.info.state == "REMOVED":
         raise ValueError(f"no placement group named {name!r}")
     return _handle(reply.info)
@@ -108,7 +116,7 @@ def get_placement_group(name: str) -> PlacementGroup:
 
 def placement_group_table(pg: Optional[PlacementGroup] = None) -> dict:
     """Every group's record (or one group's), keyed by id, with Ray's field names."""
-    groups = api._connected().gcs.ListPlacementGroups(pb.Empty(), timeout=30).groups
+    groups = client_state.connected().gcs.ListPlacementGroups(pb.Empty(), timeout=30).groups
     table = {g.pg_id: _record(g) for g in groups}
     return table.get(pg.id, {}) if pg is not None else table
 

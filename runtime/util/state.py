@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from runtime import api
+from runtime import api, client as client_state
 from runtime.generated import runtime_pb2 as pb
 from runtime.util.placement_group import placement_group_table
 
@@ -22,13 +22,13 @@ def list_nodes(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[
     records = [{"node_id": n.node_id, "state": "ALIVE", "node_ip": n.ip, "node_type": n.node_type,
                 "is_head_node": n.is_head, "idle_s": max(n.idle_seconds, 0.0),
                 "resources_total": dict(n.total), "resources_available": dict(n.available)}
-               for n in api._cluster_state().nodes]
+               for n in api.cluster_state().nodes]
     return _pick(records, state, limit)
 
 
 def list_tasks(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
     """Tasks, newest first: PENDING_ARGS_AVAIL, PENDING_NODE_ASSIGNMENT, RUNNING, FINISHED, FAILED."""
-    events = api._connected().gcs.ListTasks(pb.ListRequest(state=state or "", limit=limit),
+    events = client_state.connected().gcs.ListTasks(pb.ListRequest(state=state or "", limit=limit),
                                             timeout=30).events
     return [{"task_id": e.task_id, "name": e.name, "state": e.state, "type": e.kind,
              "node_id": e.node_id, "worker_pid": e.worker_pid or None,
@@ -37,7 +37,7 @@ def list_tasks(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[
 
 def list_actors(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
     """Actors: PENDING, ALIVE, RESTARTING, DEAD."""
-    actors = api._connected().gcs.ListActors(pb.ListRequest(state=state or "", limit=limit),
+    actors = client_state.connected().gcs.ListActors(pb.ListRequest(state=state or "", limit=limit),
                                              timeout=30).actors
     return [{"actor_id": a.actor_id, "class_name": a.class_name, "name": a.name,
              "namespace": a.namespace, "state": a.state, "node_id": a.node_id,
@@ -48,9 +48,9 @@ def list_actors(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list
 def list_objects(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
     """Objects in every node's store, by where they are: IN_MEMORY (small, in the node agent),
     SHARED_MEMORY, SPILLED (on the node's disk). A copy on each node that holds one."""
-    client = api._connected()
+    client = client_state.connected()
     records = []
-    for node in api._cluster_state().nodes:
+    for node in api.cluster_state().nodes:
         request = pb.ListRequest(state=state or "", limit=limit)
         for o in client.agent_at(node.address).ListObjects(request, timeout=30).objects:
             records.append({"object_id": o.object_id, "state": o.where, "node_id": o.node_id,
