@@ -8,23 +8,21 @@ it runs now (`TaskContext`), since the work that task submits inherits from it.
 from __future__ import annotations
 
 import atexit
-import hashlib
+import contextlib
+import json
 import logging
 import os
 import threading
-import time
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-import cloudpickle
-import grpc
-
-from runtime import refs as ref_tracking, rpc, source_lines
-from runtime.exceptions import ActorDiedError, TaskFailedError
+from runtime import refs as ref_tracking, rpc
+from runtime.call_sender import CallSender
+from runtime.function_table import FunctionTable
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
+from runtime.log_forwarding import DriverLogs
 from runtime.placement import group_of
 from runtime.serialization import dumps_task_error
 from runtime.session import TOKEN_ENV, read_session, read_token
@@ -52,6 +50,7 @@ class Client:
         self.job_id = uuid.uuid4().hex  # a driver's work carries it; a worker's, its task's
         self.namespace = DEFAULT_NAMESPACE  # likewise, and the named actors' namespace
         self.runtime_env = ""  # likewise: the JSON of the runtime_env its work gets by default
+        self.driver_logs: Optional[DriverLogs] = None  # a driver's: prints its tasks' output
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._lock = threading.Lock()
         self._store_dir: Optional[str] = None  # "" once known not to be on this machine
@@ -115,150 +114,6 @@ class Client:
                                  timeout=60)
 
 
-class CallSender:
-    """Delivers one process's calls on one actor, in submission order, batched, to the node agent
-    hosting the actor (looked up in the GCS and cached). With `fixed_address`, the process's task
-    submissions to its own node agent."""
-
-    def __init__(self, client: "Client", actor_id: str, label: str, fixed_address: str = ""):
-        self._client = client
-        self._actor_id = actor_id
-        self._label = label
-        self._queue: list = []
-        self._cond = threading.Condition()
-        self._fixed = fixed_address  # tasks: always this node's agent, no lookup
-        self._address: Optional[str] = fixed_address or None
-        self._busy = False  # a delivery is under way (keeps calls in order)
-        threading.Thread(target=self._loop, daemon=True, name=f"actor-{actor_id[:8]}").start()
-
-    def submit(self, spec: pb.TaskSpec) -> None:
-        """Deliver a call without waiting for the agent's reply.
-
-        One delivery is under way at a time, so calls stay in order: when none is, the call goes
-        out at once from this thread (an asynchronous RPC); otherwise it is queued and the sender
-        thread delivers everything queued in one batch when the current delivery is done.
-        """
-        with self._cond:
-            if self._queue or self._busy or self._address is None:
-                self._queue.append(spec)
-                self._cond.notify_all()
-                return
-            self._busy = True
-            address = self._address
-        try:
-            future = self._client.agent_at(address).SubmitTasks.future(
-                pb.SubmitTasksRequest(tasks=[spec]), timeout=60)
-        except Exception:
-            self._direct_done(spec, None)
-            return
-        future.add_done_callback(lambda f: self._direct_done(spec, f))
-
-    def flush(self, timeout: float) -> None:
-        """Wait until every queued call has been delivered (or `timeout` passes)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while (self._queue or self._busy) and time.monotonic() < deadline:
-                self._cond.wait(0.05)
-
-    def _direct_done(self, spec: pb.TaskSpec, future) -> None:
-        try:
-            failed = future is None or future.exception() is not None
-        except Exception:  # cancelled
-            failed = True
-        with self._cond:
-            if failed:  # let the sender thread find the actor again and retry
-                self._address = self._fixed or None
-                self._queue.insert(0, spec)
-            self._busy = False
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue or self._busy:
-                    self._cond.wait()
-                batch, self._queue = self._queue, []
-                self._busy = True
-            try:
-                self._deliver(batch)
-            except Exception as exc:  # never lose a call silently: its caller gets the error
-                logging.getLogger("runtime").warning("actor call delivery failed: %s", exc)
-                for spec in batch:
-                    try:
-                        self._client.fail(spec, self._undelivered(spec, f"not delivered: {exc}"))
-                    except Exception:
-                        pass
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _undelivered(self, spec: pb.TaskSpec, why: str) -> Exception:
-        return TaskFailedError(spec.name, why) if self._fixed else ActorDiedError(self._label, why)
-
-    def _deliver(self, batch: list) -> None:
-        for attempt in range(100):
-            if self._address is None:
-                info = self._locate()
-                if info.state == "DEAD" or not info.address:
-                    cause = info.death_cause or "it is unknown to the GCS"
-                    for spec in batch:
-                        self._client.fail(spec, ActorDiedError(self._label, cause))
-                    return
-                self._address = info.address
-            try:
-                self._client.agent_at(self._address).SubmitTasks(
-                    pb.SubmitTasksRequest(tasks=batch), timeout=60)
-                return
-            except grpc.RpcError:  # the node went away: the GCS will say where it is, or that it died
-                self._address = self._fixed or None
-                time.sleep(min(0.05 * (attempt + 1), 1.0))
-        raise ConnectionError(f"cannot reach the node hosting actor {self._label}")
-
-    def _locate(self) -> pb.ActorInfo:
-        delay = 0.002
-        while True:
-            reply = self._client.gcs.GetActor(pb.ActorRequest(actor_id=self._actor_id), timeout=30)
-            if not reply.found:
-                return pb.ActorInfo(state="DEAD")
-            if reply.info.state == "DEAD" or reply.info.address:
-                return reply.info
-            time.sleep(delay)  # still being placed (maybe waiting for a node: demand)
-            delay = min(delay * 2, 0.2)
-
-
-class FunctionTable:
-    """Functions are pickled once, stored in the GCS under their hash, and loaded once per worker.
-    Code pickled by value brings its source lines along, for remote tracebacks (see source_lines)."""
-
-    def __init__(self, gcs):
-        self._gcs = gcs
-        self._exported: set[str] = set()
-        self._loaded: dict[str, object] = {}
-        self._lock = threading.Lock()
-
-    def export(self, function) -> str:
-        data = source_lines.dumps(function)
-        function_id = hashlib.sha1(data).hexdigest()
-        with self._lock:
-            if function_id not in self._exported:
-                self._gcs.KvPut(pb.KvRequest(key=f"fn:{function_id}", value=data), timeout=30)
-                self._exported.add(function_id)
-        return function_id
-
-    def load(self, function_id: str):
-        with self._lock:
-            if function_id in self._loaded:
-                return self._loaded[function_id]
-        reply = self._gcs.KvGet(pb.KvRequest(key=f"fn:{function_id}"), timeout=30)
-        if not reply.found:
-            raise LookupError(f"function {function_id} is not in the GCS")
-        function = cloudpickle.loads(reply.value)
-        with self._lock:
-            self._loaded[function_id] = function
-        return function
-
-
 _client: Optional[Client] = None
 _client_lock = threading.Lock()
 
@@ -299,7 +154,7 @@ def connect_from_environment() -> None:
 
 # init() options Ray has that change nothing here when left at these values; any other value is
 # a NotImplementedError naming the option, never silently ignored.
-_INERT_INIT_OPTIONS = {"include_dashboard": (None, False), "log_to_driver": (None, False),
+_INERT_INIT_OPTIONS = {"include_dashboard": (None, False),
                        "local_mode": (False,), "job_config": (None,), "dashboard_host": (None,),
                        "dashboard_port": (None,), "logging_format": (None,),
                        "configure_logging": (True, False), "labels": (None,)}
@@ -309,14 +164,15 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
          num_gpus: Optional[int] = None, resources: Optional[dict] = None,
          object_store_memory: Optional[int] = None, ignore_reinit_error: bool = False,
          namespace: Optional[str] = None, runtime_env: Optional[dict] = None,
-         logging_level=None, **ray_options) -> dict:
+         logging_level=None, log_to_driver: bool = True, **ray_options) -> dict:
     """Connect this process to a cluster.
 
     address: "auto" = the cluster this node belongs to (its ~/.cluster/session.json);
     "HOST:PORT" = a GCS; None = $CLUSTER_ADDRESS, else this node's cluster if it has one, else a
     new single-node cluster owned by this process (num_cpus/num_gpus/resources size it, and
     object_store_memory its shared memory for objects, in bytes). `namespace` is where this
-    driver's named actors live and are looked up; `runtime_env` applies to all its work.
+    driver's named actors live and are looked up; `runtime_env` applies to all its work. What
+    its tasks and actors print shows here (unless log_to_driver=False).
     """
     global _client
     for option, value in ray_options.items():
@@ -354,6 +210,8 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
             client = Client(_agent_for(address, token, session), address, token)
         client.namespace = namespace or DEFAULT_NAMESPACE
         client.runtime_env = env
+        if log_to_driver:
+            client.driver_logs = DriverLogs(client.gcs, client.job_id)
         _client = client
         atexit.register(shutdown)
         return _info(_client)
@@ -403,6 +261,10 @@ def shutdown() -> None:
         client, _client = _client, None
     if client is not None:  # submissions are asynchronous: deliver what is still queued
         client.flush(timeout=5.0)
+        if client.driver_logs is not None:
+            with contextlib.suppress(Exception):  # the cluster may be gone already
+                client.driver_logs.drain()
+            client.driver_logs.stop()
         ref_tracking.install(None)
         if client.local_node is None:
             try:  # free what this driver owns (runtime.refs says what stays)
@@ -429,6 +291,7 @@ class TaskContext:
     namespace, runtime_env, captured placement group) and `get_runtime_context()` describes."""
 
     task_id: str = ""
+    name: str = ""  # as the driver shows its prints: the function, or the actor's class
     actor_id: str = ""
     job_id: str = ""
     namespace: str = DEFAULT_NAMESPACE
@@ -456,6 +319,7 @@ def enter_task(spec: pb.TaskSpec, gpu_ids: Optional[Sequence[str]]) -> None:
         task_context.gpu_ids
     task_context = TaskContext(
         task_id=spec.task_id, actor_id=spec.actor_id, job_id=client.job_id,
+        name=spec.name.split("(")[0] if spec.actor_id else spec.name,
         namespace=client.namespace, runtime_env=client.runtime_env,
         capture_placement_group=spec.capture_placement_group if not actor_method else
         task_context.capture_placement_group,

@@ -9,6 +9,7 @@ actor or an object: each names its subject and says why.
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 
@@ -47,8 +48,8 @@ class RayTaskError(RayError):
         self.ip = ip
 
     def __reduce__(self):  # an instance of a derived class pickles as the plain error
-        return (RayTaskError, (self.function_name, self.traceback_str, self.cause, None,
-                               self.pid, self.ip))
+        return (RayTaskError, (self.function_name, self.traceback_str, _Portable(self.cause),
+                               None, self.pid, self.ip))
 
     def as_instanceof_cause(self) -> "RayTaskError":
         """This error as an instance of `RayTaskError(<cause's class>)`, a class deriving from
@@ -63,7 +64,50 @@ class RayTaskError(RayError):
             return self
         RayTaskError.__init__(error, self.function_name, self.traceback_str, self.cause,
                               pid=self.pid, ip=self.ip)
+        _copy_builtin_state(self.cause, error)
         return error
+
+
+class _Portable:
+    """Pickles an exception so that it unpickles even when its class's constructor takes other
+    arguments than the exception's `args` (e.g. `__init__(self, code, message)` passing only
+    `message` on): it is rebuilt from its args and attributes, without calling `__init__`."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        if exc is None or not any("__init__" in vars(k) for k in type(exc).__mro__
+                                  if k.__module__ != "builtins"):
+            return (_same, (exc,))
+        return (_rebuilt, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _same(exc):
+    return exc
+
+
+def _rebuilt(cls, args, state):
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def _copy_builtin_state(source: BaseException, target: BaseException) -> None:
+    """Attributes built-in exception classes keep outside __dict__ (OSError.filename, ...)."""
+    for klass in type(source).__mro__:
+        if klass.__module__ != "builtins" or not issubclass(klass, BaseException):
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("__") or name == "args" or not isinstance(
+                    member, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                continue
+            try:
+                setattr(target, name, getattr(source, name))
+            except (AttributeError, TypeError):
+                pass
 
 
 _dual_classes: dict = {}

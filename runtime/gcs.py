@@ -1,8 +1,8 @@
 """The global control store: one process on the head that knows the cluster.
 
 It holds live nodes (from registrations and heartbeats), the demand each node could not place,
-object locations, actors (state, hosting agent, names per namespace), and a key-value table
-(functions, classes, autoscaler status). `GetClusterState` is the
+object locations, actors (state, hosting agent, names per namespace), a key-value table
+(functions, classes, autoscaler status), and what workers print, until their driver reads it. `GetClusterState` is the
 one call the autoscaler reads; its cost grows with nodes and distinct shapes, not queued tasks.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
+from runtime.gcs_logs import LogTable
 from runtime.gcs_placement_groups import PlacementGroupTable
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.resources import shape_key
@@ -52,6 +53,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._dead: dict[str, float] = {}  # node id -> when it died
         self._lost: OrderedDict[str, None] = OrderedDict()  # objects whose every copy died
         self._groups = PlacementGroupTable(self._lock, self._free_resources, token)
+        self._logs = LogTable()  # its own lock: reads wait long
 
     # -- nodes
     def RegisterNode(self, request, context):
@@ -143,6 +145,14 @@ class GcsServicer(pb_grpc.GcsServicer):
             actors = [a for a in self._actors.values()
                       if not request.state or a.state == request.state]
         return pb.ActorList(actors=actors[:request.limit or None])
+
+    # -- what workers print, for their drivers (runtime.gcs_logs)
+    def AppendLogs(self, request, context):
+        self._logs.append(request)
+        return pb.Empty()
+
+    def ReadLogs(self, request, context):
+        return self._logs.read(request, context.is_active)
 
     # -- placement groups (runtime.gcs_placement_groups)
     def CreatePlacementGroup(self, request, context):

@@ -79,6 +79,18 @@ class ObjectRefGenerator:
     def __repr__(self):
         return f"ObjectRefGenerator({self._task_id})"
 
+    def __del__(self):
+        """Items never taken are freed with the generator, once the task has said how many."""
+        if self._count is None or self._next_index >= self._count:
+            return
+        from runtime.client import is_initialized, connected
+
+        if is_initialized():
+            connected().refs.created([item_id(self._task_id, i)
+                                      for i in range(self._next_index, self._count)])
+            for i in range(self._next_index, self._count):
+                ObjectRef(item_id(self._task_id, i), _owned=True)  # dropped at once: freed
+
 
 class DynamicObjectRefGenerator:
     """The value of a num_returns="dynamic" task: iterate it for the refs of the items."""

@@ -5,6 +5,11 @@ resources; otherwise it is forwarded (spilled) to a node whose free resources fi
 cluster view the GCS returns on each heartbeat; otherwise it waits here and is reported to the GCS
 as demand, by shape, for the autoscaler. An actor is placed the same way (its creation is a task);
 the agent that places it hosts it: a dedicated worker, and its calls queued and sent in order.
+
+The agent is the gRPC servicer and keeps the scheduling state (ready and waiting queues, running
+tasks) under its lock; each other job is a part with its own module and lock discipline:
+scheduler (where a task goes, the resource ledger), actor_host, object_manager (pulls and
+locations), recovery (forwarded work and lineage), reporter (heartbeats), task_events.
 """
 
 from __future__ import annotations
@@ -19,14 +24,13 @@ import random
 import signal
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import grpc
 
 from runtime import rpc
-from runtime.exceptions import (ActorDiedError, ObjectLostError, ObjectStoreFullError,
+from runtime.exceptions import (ActorDiedError, ObjectStoreFullError,
                                 TaskCancelledError, TaskFailedError, TaskUnschedulableError,
                                 WorkerCrashedError)
 from runtime.actor_host import ActorHost
@@ -35,9 +39,10 @@ from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.object_manager import ObjectManager
 from runtime.object_store import ObjectStore, default_capacity, remove_stale_dirs, shm_dir, spill_dir
-from runtime.placement import is_group_resource
 from runtime.ready_queue import ReadyQueue
-from runtime.resources import fits, shape_key, subtract
+from runtime.recovery import FORWARDED_CHECK_S, Recovery
+from runtime.reporter import Reporter, demand
+from runtime.resources import fits, subtract
 from runtime.scheduler import (HERE, MAX_HOPS, NOWHERE, NodeResources, Task, place, return_ids,
                                scheduling_class)
 from runtime.serialization import dumps_task_error, error_class_name
@@ -47,12 +52,8 @@ from runtime.worker_pool import WorkerPool
 
 log = logging.getLogger("node_agent")
 
-HEARTBEAT_S = 0.3
 CHUNK_BYTES = 1 << 20
 MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
-FORWARDED_CHECK_S = 5.0  # forwarded tasks whose results exist are forgotten this often
-MAX_LINEAGE = 10_000  # specs of tasks submitted here kept to rebuild their lost results
-MAX_LINEAGE_ARGS = 100 << 10  # a task with larger inline arguments is not kept
 LOCALITY_BYTES = 1 << 20  # a task waiting for an argument this large may go where it is
 
 
@@ -77,15 +78,11 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self._awaited: set[str] = set()  # expected ids a get/wait here skipped looking up
         self._view: dict[str, pb.NodeInfo] = {}  # other nodes, from the last heartbeat
         self._cancelled: set[str] = set()  # running tasks cancel() was called on
-        self._forwarded: dict[str, tuple] = {}  # task id -> (task, node id) it was forwarded to
-        self._dead_nodes: set[str] = set()  # deaths already handled
-        self._lineage: OrderedDict[str, pb.TaskSpec] = OrderedDict()  # return id -> its task
-        self._reconstructing: set[str] = set()  # lost objects whose task runs again
         self._get_wants: dict[str, int] = {}  # object id -> gets/waits here waiting for it
         self._pulled_for_gets: set[str] = set()  # results of forwarded work a get here awaits
-        self._idle_since = time.monotonic()
+        self._started = 0  # tasks placed so far (the reporter sees activity between beats)
+        self._next_forward_check = 0.0  # when forwarded tasks are next checked for results
         self._stopping = threading.Event()
-        self._report_now = threading.Event()  # wakes the heartbeat before its period is up
         self._gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
         self.task_events = TaskEvents(node_id, self._gcs)
         self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agent-io")
@@ -95,6 +92,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.objects = ObjectManager(node_id, self.store, self._gcs, token, self._io,
                                      go_to_data=self._go_to_data, lost=self._object_lost,
                                      rebuilding=self._rebuilding)
+        self.recovery = Recovery(self._gcs, self.store, self._requeue, self._resubmit)
+        self.reporter = Reporter(node_id, self._gcs, self._snapshot, self._heard, self._register,
+                                 self._stopping)
         worker_env = dict(os.environ, CLUSTER_GCS_ADDRESS=gcs_address, CLUSTER_NODE_ID=node_id,
                           CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type,
                           CLUSTER_OBJECT_STORE_DIR=str(self.store.directory), **{TOKEN_ENV: token})
@@ -116,7 +116,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.address = f"{self.ip}:{bound}"
         self._worker_env["CLUSTER_AGENT_ADDRESS"] = self.address
         self._register()
-        threading.Thread(target=self._heartbeat_loop, daemon=True, name="heartbeat").start()
+        threading.Thread(target=self.reporter.loop, daemon=True, name="heartbeat").start()
         for loop in (self.objects.location_loop, self.objects.pull_loop, self.task_events.send_loop):
             threading.Thread(target=loop, args=(self._stopping,), daemon=True,
                              name=loop.__name__).start()
@@ -124,7 +124,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     def stop(self) -> None:
         self._stopping.set()
-        self._report_now.set()
+        self.reporter.report_now()
         self.pool.shutdown()
         self.store.close()
         try:
@@ -284,12 +284,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     # ------------------------------------------------------------------ scheduling
     def _accept(self, spec: pb.TaskSpec) -> None:
         self._expected.update(return_ids(spec))
-        if spec.hops == 0 and spec.kind == pb.TaskSpec.TASK and len(spec.args) <= MAX_LINEAGE_ARGS:
-            for object_id in return_ids(spec):  # submitted here: kept to rebuild lost results
-                self._lineage[object_id] = spec
-                self._lineage.move_to_end(object_id)
-            while len(self._lineage) > MAX_LINEAGE:
-                self._lineage.popitem(last=False)
+        self.recovery.accepted(spec)
         task = Task(spec, dict(spec.resources), set())
         task.missing = {d for d in spec.dependencies if not self.store.contains(d)}
         self.task_events.note(spec, _pending_state(task.missing))
@@ -304,7 +299,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
     def _object_added(self, object_id: str) -> None:
         self.objects.added(object_id)
         with self._lock:
-            self._reconstructing.discard(object_id)
+            self.recovery.made(object_id)
             self._pulled_for_gets.discard(object_id)
             for task_id in self._dep_waiters.pop(object_id, ()):
                 task = self._waiting.get(task_id)
@@ -329,6 +324,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                     if target is None:
                         break
                     self._ready.pop(cls)
+                    self._started += 1
                     if target is NOWHERE:
                         unschedulable.append(task)
                         continue
@@ -342,14 +338,13 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                         task.gpu_ids = self.resources.claim(task.need)
                         self._running[task.spec.task_id] = task
                     to_run.append(task)
-            self._update_idle()
         for task in to_run:
             self._io.submit(self._run, task)
         if to_spill:
             # The forwarded work leaves this node's demand now, before the target reports it as
             # used: otherwise the GCS would count it twice for a heartbeat, as queued here and as
             # running there, and the autoscaler would launch a node for work that already has one.
-            self._report_now.set()
+            self.reporter.report_now()
         for target, task in to_spill:
             self._io.submit(self._spill, target, task)
         for task in unschedulable:
@@ -372,8 +367,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             if not self.resources.reserve_bundles(request.pg_id, list(request.indexes), bundles):
                 return pb.ReservationReply(ok=False)
-            self._update_idle()
-        self._report_now.set()
+        self.reporter.report_now()
         self._schedule()
         return pb.ReservationReply(ok=True)
 
@@ -383,10 +377,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         with self._lock:
             offered = self.resources.return_bundles(request.pg_id, list(request.indexes))
             doomed = self.actor_host.doom_holders_of(offered)
-            self._update_idle()
         for worker in doomed:
             worker.process.kill()
-        self._report_now.set()
+        self.reporter.report_now()
         self._schedule()
         return pb.Empty()
 
@@ -427,7 +420,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             dropped += self.actor_host.drop_queued(pick)
             running = [t for t, task in self._running.items() if pick(task)]
             self._cancelled.update(running)
-            self._update_idle()
         for task in dropped:
             self._fail(task.spec, TaskCancelledError(task.spec.name, why))
         for task_id in running:
@@ -472,7 +464,6 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             with self._lock:
                 self._ready.remove_if(lambda t: t.spec.kind == pb.TaskSpec.ACTOR_CREATION
                                       and t.spec.actor_id in dead)
-                self._update_idle()
 
     def _spill(self, target: pb.NodeInfo, task: Task) -> None:
         with self._lock:
@@ -493,73 +484,28 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 self._expected.update(return_ids(task.spec))
                 self._ready.appendleft(task)
             return
-        with self._lock:  # until its results exist: run it again if that node dies first
-            self._forwarded[spec.task_id] = (task, target.node_id)
+        self.recovery.forwarded(task, target.node_id)  # run it again if that node dies first
 
     # ------------------------------------------------------------------ node failures
-    def _forwarded_results_known(self, task_ids) -> set:
-        """Those of the forwarded tasks whose results exist on a live node (asks the GCS)."""
+    def _requeue(self, tasks: list) -> None:
+        """Recovery: run these again here, first in line (their forward target died)."""
         with self._lock:
-            first = {return_ids(self._forwarded[t][0].spec)[0]: t for t in task_ids
-                     if t in self._forwarded}
-        if not first:
-            return set()
-        reply = self._gcs.WaitObjectLocations(
-            pb.WaitLocationsRequest(object_ids=list(first), timeout=0), timeout=10)
-        return {first[loc.object_id] for loc in reply.locations}
+            for task in tasks:
+                self._expected.update(return_ids(task.spec))
+            self._ready.extendleft(reversed(tasks))
+        self._schedule()
 
-    def _forget_finished_forwards(self) -> None:
+    def _resubmit(self, spec: pb.TaskSpec) -> None:
+        """Recovery: run a lost object's task again, as if it were submitted again."""
         with self._lock:
-            task_ids = list(self._forwarded)
-        done = self._forwarded_results_known(task_ids)
-        with self._lock:
-            for task_id in done:
-                self._forwarded.pop(task_id, None)
-
-    def _node_died(self, node_id: str) -> None:
-        """Run again here the work forwarded to a node that died before its results existed."""
-        with self._lock:
-            lost = [t for t, (_, target) in self._forwarded.items() if target == node_id]
-        done = self._forwarded_results_known(lost)
-        rerun = []
-        with self._lock:
-            for task_id in lost:
-                task, _ = self._forwarded.pop(task_id, (None, None))
-                if task is not None and task_id not in done:
-                    self._expected.update(return_ids(task.spec))
-                    self._reconstructing.update(return_ids(task.spec))  # no second rebuild
-                    task.spec.attempt += 1
-                    rerun.append(task)
-            self._ready.extendleft(reversed(rerun))
-        if rerun:
-            log.info("node %s died: running %d task(s) forwarded there again", node_id, len(rerun))
-            self._schedule()
+            self._accept(spec)
+        self._schedule()
 
     def _rebuilding(self) -> set:
-        with self._lock:
-            return set(self._reconstructing)
+        return self.recovery.rebuilding()
 
     def _object_lost(self, object_id: str) -> None:
-        """Every copy of the object died with its nodes: run its task again if it was submitted
-        here (lineage), else give its waiters an ObjectLostError."""
-        with self._lock:
-            if object_id in self._reconstructing or self.store.contains(object_id):
-                return
-            spec = self._lineage.get(object_id)
-            rebuild = spec is not None and (spec.max_retries < 0 or spec.attempt < spec.max_retries)
-            if rebuild:
-                again = pb.TaskSpec()
-                again.CopyFrom(spec)
-                again.attempt += 1
-                self._reconstructing.update(return_ids(again))
-                self._accept(again)
-        if rebuild:
-            log.info("object %s was lost: running %s again to rebuild it", object_id, spec.name)
-            self._schedule()
-            return
-        why = (f"its task {spec.name} ran out of retries" if spec is not None else
-               "the node holding it died, and no task submitted on this node made it")
-        self.store.put(object_id, dumps_task_error(ObjectLostError(object_id, why)))
+        self.recovery.object_lost(object_id)
 
     def _fail(self, spec: pb.TaskSpec, error) -> None:
         """End a task that did not run to completion: `error` is its result."""
@@ -626,58 +572,26 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         error = dumps_task_error(WorkerCrashedError(spec.name, detail))
         self._task_finished(task_id, [error] * len(return_ids(spec)))
 
-    def _update_idle(self) -> None:
-        busy = (self._running or self._ready or self._waiting or self.resources.bundles
-                or self.actor_host.any_alive())
-        if busy:
-            self._idle_since = None
-        elif self._idle_since is None:
-            self._idle_since = time.monotonic()
+    # ------------------------------------------------------------------ heartbeats
+    def _snapshot(self) -> tuple:
+        """For the reporter: (free resources, busy now, tasks placed so far, demand)."""
+        with self._lock:
+            busy = bool(self._running or self._ready or self._waiting or self.resources.bundles
+                        or self.actor_host.any_alive())
+            return (dict(self.resources.available), busy, self._started,
+                    demand(self._ready.counts()))
 
-    def _demand(self) -> list:
-        counts: dict[tuple, int] = {}
-        for task, count in self._ready.counts():
-            if any(is_group_resource(k) for k in task.need):
-                continue  # waits for its placement group, which is demand of its own
-            if task.spec.node_affinity and not task.spec.node_affinity_soft:
-                continue  # waits for its node: another node would not help
-            key = shape_key(task.need)
-            counts[key] = counts.get(key, 0) + count
-        return [pb.ShapeCount(shape=dict(k), count=c) for k, c in counts.items()]
-
-    # ------------------------------------------------------------------ background loops
-    def _heartbeat_loop(self) -> None:
-        next_forward_check = 0.0
-        while True:
-            self._report_now.wait(HEARTBEAT_S)
-            self._report_now.clear()
-            if self._stopping.is_set():
-                return
-            with self._lock:
-                idle = -1.0 if self._idle_since is None else time.monotonic() - self._idle_since
-                available = {k: max(v, 0.0) for k, v in self.resources.available.items()}
-                request = pb.HeartbeatRequest(node_id=self.node_id, available=available,
-                                              idle_seconds=idle, demand=self._demand())
-            try:
-                reply = self._gcs.Heartbeat(request, timeout=5)
-            except Exception as exc:
-                log.warning("heartbeat to GCS failed: %s", exc)
-                continue
-            if reply.reregister:
-                self._register()
-                continue
-            self._drop_killed_pending_actors()
-            with self._lock:
-                self._view = {n.node_id: n for n in reply.nodes if n.node_id != self.node_id}
-                died = [n for n in reply.dead_nodes if n not in self._dead_nodes]
-                self._dead_nodes.update(died)
-                check_forwards = self._forwarded and time.monotonic() >= next_forward_check
-            for node_id in died:
-                self._io.submit(self._node_died, node_id)
-            if check_forwards:
-                next_forward_check = time.monotonic() + FORWARDED_CHECK_S
-                self._io.submit(self._forget_finished_forwards)
-            self._schedule()
+    def _heard(self, reply: pb.HeartbeatReply) -> None:
+        """The GCS answered a heartbeat: the other nodes' free resources, and who died."""
+        self._drop_killed_pending_actors()
+        with self._lock:
+            self._view = {n.node_id: n for n in reply.nodes if n.node_id != self.node_id}
+        for node_id in self.recovery.new_deaths(reply.dead_nodes):
+            self._io.submit(self.recovery.node_died, node_id)
+        if self.recovery.has_forwarded() and time.monotonic() >= self._next_forward_check:
+            self._next_forward_check = time.monotonic() + FORWARDED_CHECK_S
+            self._io.submit(self.recovery.forget_finished_forwards)
+        self._schedule()
 
     def _go_to_data(self, location: pb.ObjectLocation) -> bool:
         """Scheduling by locality: tasks here waiting for this large object that cannot run here
@@ -707,12 +621,12 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                 location.object_id in self._pulled_for_gets
             if not still_wanted:
                 self.objects.unwant(location.object_id)
-            self._update_idle()
         for task in moving:
             log.info("forwarding %s to %s, which holds its %d-byte argument", task.spec.name,
                      location.node_id, location.size)
             self._io.submit(self._spill, holder, task)
         return not still_wanted
+
 
 def _pending_state(missing: set) -> str:
     return "PENDING_ARGS_AVAIL" if missing else "PENDING_NODE_ASSIGNMENT"

@@ -89,7 +89,10 @@ def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float]
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"get() takes ObjectRefs, got {type(ref).__name__}")
     ids = [r.hex() for r in ref_list]
-    blobs = _blobs(client_state.auto_connected(), ids, timeout)
+    client = client_state.auto_connected()
+    blobs = _blobs(client, ids, timeout)
+    if client.driver_logs is not None and client.driver_logs.seen_any:
+        client.driver_logs.drain()  # what the tasks printed shows before what the driver prints next
     values = [loads(blobs[i]) for i in ids]
     return values[0] if single else values
 

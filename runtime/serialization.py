@@ -140,7 +140,9 @@ def serialize_error(task_name: str, exc: BaseException) -> Serialized:
     """An exception raised by user code, keeping the remote traceback as text."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        return Serialized(_ERROR, RayTaskError(task_name, text, exc, pid=os.getpid()))
+        error = Serialized(_ERROR, RayTaskError(task_name, text, exc, pid=os.getpid()))
+        pickle.loads(error.pickled, buffers=error.buffers)  # it must come back out too
+        return error
     except Exception:  # the user's exception itself cannot be pickled: keep its text
         return Serialized(_ERROR, RayTaskError(task_name, text, pid=os.getpid()))
 

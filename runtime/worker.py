@@ -29,7 +29,8 @@ from multiprocessing.connection import Connection
 
 import cloudpickle
 
-from runtime import client as client_state
+from runtime import client as client_state, ray_compat
+from runtime.log_forwarding import WorkerLogs
 from runtime.exceptions import PASSED_ON, AsyncioActorExit, ObjectStoreFullError
 from runtime.generated import runtime_pb2 as pb
 from runtime.generators import DynamicObjectRefGenerator
@@ -234,6 +235,7 @@ def _concurrency(creation: pb.TaskSpec) -> Optional[ConcurrentActor]:
 
 _conn: Optional[Connection] = None
 _send_lock = threading.Lock()
+_logs: Optional[WorkerLogs] = None
 
 
 def _send(message: tuple) -> None:
@@ -244,6 +246,7 @@ def _send(message: tuple) -> None:
 
 def _send_result(spec: pb.TaskSpec, results: list) -> None:
     ids = list(spec.return_ids) or [spec.return_id]
+    _logs.flush()  # the task's prints reach the GCS before its result exists
     _send(("result", spec.task_id, [_output(i, obj, spec.name) for i, obj in zip(ids, results)]))
 
 
@@ -256,11 +259,15 @@ def _output(object_id: str, obj: Serialized, task_name: str):
 
 
 def main() -> None:
-    global _in_task, _conn
+    global _in_task, _conn, _logs
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _interrupt)
     _conn = Connection(int(sys.argv[1]))
+    ray_compat.install(fallback=True)  # task code that imports ray itself
     client_state.connect_from_environment()
+    _logs = WorkerLogs(client_state.connected().gcs,
+                       lambda: (client_state.task_context.job_id, client_state.task_context.name))
+    _logs.capture()
     concurrent: Optional[ConcurrentActor] = None
     while True:
         try:

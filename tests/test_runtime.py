@@ -145,6 +145,52 @@ except ray.RayTaskError as error:
 """
 
 
+PRINTING_SCRIPT = """\
+import sys
+import runtime as ray
+
+@ray.remote(resources={"special": 1})
+def report(step):
+    print(f"step {step} on the worker node")
+    print("a warning", file=sys.stderr)
+    return step
+
+@ray.remote
+class Trainer:
+    def fit(self):
+        print("fitting")
+
+ray.init(address=sys.argv[1], log_to_driver=sys.argv[2] == "on")
+print(ray.get(report.remote(1)))
+trainer = Trainer.remote()
+ray.get(trainer.fit.remote())
+print("done")
+"""
+
+
+def test_what_tasks_and_actors_print_shows_on_the_driver_with_their_name_and_pid(two_nodes,
+                                                                                 tmp_path):
+    head, token = two_nodes
+    script = tmp_path / "printing.py"
+    script.write_text(PRINTING_SCRIPT)
+
+    def run(log_to_driver: str):
+        done = subprocess.run([sys.executable, str(script), head.gcs_address, log_to_driver],
+                              env=dict(os.environ, CLUSTER_AUTH_TOKEN=token),
+                              capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    shown = run("on")
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("(report pid=") and lines[0].endswith(") step 1 on the worker node")
+    assert lines[1] == "1" and lines[-1] == "done"
+    assert any(line.startswith("(Trainer pid=") and line.endswith(") fitting") for line in lines)
+    assert "(report pid=" in shown.stderr and ") a warning" in shown.stderr
+    quiet = run("off")
+    assert quiet.stdout.splitlines() == ["1", "done"] and "a warning" not in quiet.stderr
+
+
 def test_task_error_of_a_driver_script_quotes_the_script(two_nodes, tmp_path):
     """`python train.py`: its functions are pickled by value, and a worker on another node has no
     copy of the file (here the script deletes itself before its task fails)."""

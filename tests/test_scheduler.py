@@ -5,14 +5,16 @@ from __future__ import annotations
 from runtime.generated import runtime_pb2 as pb
 from runtime.gpus import GpuSlots
 from runtime.placement import in_bundle
-from runtime.scheduler import HERE, MAX_HOPS, NodeResources, Task, place
+from runtime.reporter import demand
+from runtime.scheduler import HERE, MAX_HOPS, NOWHERE, NodeResources, Task, place
 
 PG = "ab" * 16
 
 
-def task(need: dict, hops: int = 0, kind=pb.TaskSpec.TASK, hold: dict | None = None) -> Task:
+def task(need: dict, hops: int = 0, kind=pb.TaskSpec.TASK, hold: dict | None = None,
+         affinity: str = "", soft: bool = False) -> Task:
     spec = pb.TaskSpec(task_id="t", name="f", kind=kind, hops=hops, resources=need,
-                       hold_resources=hold or {})
+                       hold_resources=hold or {}, node_affinity=affinity, node_affinity_soft=soft)
     return Task(spec, dict(need), set())
 
 
@@ -71,3 +73,41 @@ def test_bundles_are_reserved_all_or_none_and_given_back():
     assert f"CPU_group_0_{PG}" in offered
     assert here.available == {"CPU": 4, "GPU": 1} and here.total == {"CPU": 4, "GPU": 1}
     assert place(in_group, here, {}) is None  # the group is gone from this node
+
+
+def test_work_tied_to_a_node_goes_there_even_without_room_and_fails_when_it_is_gone():
+    here = NodeResources({"CPU": 4})
+    view = {"a": node("a", {"CPU": 0}, {"CPU": 2}), "b": node("b", {"CPU": 8})}
+    assert place(task({"CPU": 1}, affinity="a"), here, view, "me").node_id == "a"  # queues there
+    assert place(task({"CPU": 1}, affinity="me"), here, view, "me") == HERE
+    assert place(task({"CPU": 8}, affinity="me"), here, view, "me") is None  # waits for room here
+    assert place(task({"CPU": 1}, affinity="gone"), here, view, "me") is NOWHERE
+    # soft: a full or missing node lets the work go where any other work would
+    assert place(task({"CPU": 1}, affinity="a", soft=True), here, view, "me") == HERE
+    assert place(task({"CPU": 1}, affinity="gone", soft=True), here, view, "me") == HERE
+    assert place(task({"CPU": 8}, affinity="me", soft=True), here, view, "me").node_id == "b"
+
+
+def test_a_task_blocked_in_get_lends_its_cpus_until_it_returns_or_ends():
+    here = NodeResources({"CPU": 2, "GPU": 1})
+    parent = task({"CPU": 2, "GPU": 1})
+    parent.gpu_ids = here.claim(parent.need)
+    assert place(task({"CPU": 1}), here, {}) is None
+    assert here.lend(parent) and not here.lend(parent)  # a second get lends nothing more
+    assert here.available == {"CPU": 2, "GPU": 0}  # CPUs only, as in Ray
+    child = task({"CPU": 2})
+    child.gpu_ids = here.claim(child.need)
+    here.take_back(parent)
+    assert here.available["CPU"] == 0  # one get still blocks
+    here.take_back(parent)
+    assert here.available["CPU"] == -2  # over-committed until the child ends
+    here.release_task(child)
+    assert here.lend(parent)
+    here.release_task(parent)  # ends while blocked: gives back only what it still holds
+    assert here.available == {"CPU": 2, "GPU": 1}
+
+
+def test_demand_leaves_out_work_waiting_for_a_group_or_tied_to_a_node():
+    queued = [(task({"CPU": 1}), 3), (task({"CPU": 1}, affinity="a"), 2),
+              (task({"CPU": 1}, affinity="a", soft=True), 1), (task(in_bundle({"CPU": 1}, PG, 0)), 4)]
+    assert [(dict(d.shape), d.count) for d in demand(queued)] == [({"CPU": 1.0}, 4)]

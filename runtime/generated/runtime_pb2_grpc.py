@@ -139,6 +139,16 @@ class GcsStub:
                 request_serializer=runtime__pb2.ListRequest.SerializeToString,
                 response_deserializer=runtime__pb2.ActorList.FromString,
                 _registered_method=True)
+        self.AppendLogs = channel.unary_unary(
+                '/clusterrt.Gcs/AppendLogs',
+                request_serializer=runtime__pb2.LogLines.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ReadLogs = channel.unary_unary(
+                '/clusterrt.Gcs/ReadLogs',
+                request_serializer=runtime__pb2.LogRead.SerializeToString,
+                response_deserializer=runtime__pb2.LogLines.FromString,
+                _registered_method=True)
 
 
 class GcsServicer:
@@ -274,6 +284,20 @@ class GcsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendLogs(self, request, context):
+        """what workers print, for their driver
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadLogs(self, request, context):
+        """a driver's: lines after a cursor, waiting a while
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -381,6 +405,16 @@ def add_GcsServicer_to_server(servicer, server):
                     servicer.ListActors,
                     request_deserializer=runtime__pb2.ListRequest.FromString,
                     response_serializer=runtime__pb2.ActorList.SerializeToString,
+            ),
+            'AppendLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendLogs,
+                    request_deserializer=runtime__pb2.LogLines.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
+            ),
+            'ReadLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadLogs,
+                    request_deserializer=runtime__pb2.LogRead.FromString,
+                    response_serializer=runtime__pb2.LogLines.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -950,6 +984,60 @@ class Gcs:
             '/clusterrt.Gcs/ListActors',
             runtime__pb2.ListRequest.SerializeToString,
             runtime__pb2.ActorList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/AppendLogs',
+            runtime__pb2.LogLines.SerializeToString,
+            runtime__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/ReadLogs',
+            runtime__pb2.LogRead.SerializeToString,
+            runtime__pb2.LogLines.FromString,
             options,
             channel_credentials,
             insecure,
