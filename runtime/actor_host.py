@@ -42,6 +42,7 @@ class Actor:
         self.restarts_left = creation.max_restarts
         self.num_restarts = 0
         self.killed = False
+        self.end_cause = ""  # why it was ended on purpose by the host, if it was
         self.dead = ""  # the death cause once dead
 
 
@@ -133,6 +134,15 @@ class ActorHost:
         if worker is not None:
             worker.process.kill()
 
+    def end(self, actor: Actor, cause: str) -> None:
+        """End the actor for good (its constructor raised): no restart, `cause` says why."""
+        with self._lock:
+            actor.killed = True
+            actor.end_cause = cause
+            worker = actor.worker
+        if worker is not None:
+            worker.process.kill()
+
     def start(self, actor: Actor) -> None:
         """Give the actor a fresh dedicated worker, send it the creation call, then its queue."""
         with actor.send_lock:
@@ -195,7 +205,9 @@ class ActorHost:
                 self.calls.pop(task.spec.task_id, None)
             restart = not actor.killed and code != 0 and actor.restarts_left != 0 and \
                 not self._stopping.is_set()
-            if actor.killed:
+            if actor.end_cause:
+                cause = actor.end_cause
+            elif actor.killed:
                 cause = "it was killed (kill() or its driver exited)"
             elif code == 0:
                 cause = "it exited on purpose (exit_actor() or sys.exit() in one of its methods)"

@@ -9,6 +9,7 @@ actor or an object: each names its subject and says why.
 
 from __future__ import annotations
 
+import traceback
 import types
 from typing import Optional
 
@@ -181,6 +182,12 @@ class RayActorError(_Described):
 
 class ActorDiedError(RayActorError):
     """The actor a call was made on is dead (its worker exited, it was killed, or its node died)."""
+
+
+def constructor_failure(exc: BaseException) -> str:
+    """Why an actor whose constructor raised is dead (Ray's actor_init_failed)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"it raised in its constructor:\n{text}"
 
 
 class ActorUnavailableError(RayActorError):

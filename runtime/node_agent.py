@@ -45,7 +45,7 @@ from runtime.reporter import Reporter, demand
 from runtime.resources import fits, subtract
 from runtime.scheduler import (HERE, MAX_HOPS, NOWHERE, NodeResources, Task, place, return_ids,
                                scheduling_class)
-from runtime.serialization import dumps_task_error, error_class_name
+from runtime.serialization import dumps_task_error, error_class_name, error_traceback
 from runtime.session import TOKEN_ENV, logs_dir, runtime_dir
 from runtime.task_events import TaskEvents
 from runtime.worker_pool import WorkerPool
@@ -545,6 +545,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             state, error_type = _finished_state(results)
             self.task_events.note(task.spec, state, error_type=error_type)
             self._store_results(task.spec, results)
+            if error_type and task.spec.kind == pb.TaskSpec.ACTOR_CREATION:
+                self.actor_host.end(actor, "it raised in its constructor:\n"  # never restarted
+                                    + error_traceback(results[0]))
         if actor is None:
             self._schedule()
 

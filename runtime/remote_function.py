@@ -83,6 +83,6 @@ class RemoteFunction:
             node_affinity=where.node_affinity, node_affinity_soft=where.soft,
             generator=generator_kind(self._generator),
             runtime_env=task_options.runtime_env_json(o, f"{self._name}.options()"),
-            capture_placement_group=where.capture_placement_group)
+            capture_placement_group=where.capture_placement_group, max_calls=o.get("max_calls") or 0)
         client.task_sender.submit(spec)  # asynchronous, in order, batched under load
         return submitted_refs(spec, self._num_returns)

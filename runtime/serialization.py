@@ -187,6 +187,18 @@ def error_class_name(result) -> str:
     return ""
 
 
+def error_traceback(result) -> str:
+    """The remote traceback of a task result that holds a RayTaskError ("" if it cannot be read
+    here, e.g. its exception class is not importable in this process)."""
+    try:
+        loads(result)
+    except RayTaskError as error:
+        return error.traceback_str
+    except Exception:
+        pass
+    return ""
+
+
 def dumps_args(args: tuple, kwargs: dict, call: str) -> tuple[bytes, list[str]]:
     """Pickle a call's arguments; top-level ObjectRefs become dependencies the task waits for.
     The process keeps those objects until the task's results exist (runtime.refs). An argument

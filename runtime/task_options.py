@@ -20,12 +20,12 @@ from runtime.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
 _COMMON = ("num_cpus", "num_gpus", "resources", "memory", "accelerator_type", "name", "runtime_env",
            "scheduling_strategy", "placement_group", "placement_group_bundle_index",
            "placement_group_capture_child_tasks")
-TASK_OPTIONS = _COMMON + ("num_returns", "max_retries", "retry_exceptions")
+TASK_OPTIONS = _COMMON + ("num_returns", "max_retries", "retry_exceptions", "max_calls")
 ACTOR_OPTIONS = _COMMON + ("namespace", "lifetime", "max_restarts", "max_task_retries",
                            "get_if_exists", "max_concurrency")
 # Options Ray has that this runtime does not: accepted only at the value that changes nothing.
 _NOT_IMPLEMENTED = {"object_store_memory": (None,),
-                    "max_calls": (None, 0), "label_selector": (None,), "_metadata": (None,),
+                    "label_selector": (None,), "_metadata": (None,),
                     "concurrency_groups": (None,), "max_pending_calls": (None, -1),
                     "enable_task_events": (None, True), "_labels": (None,)}
 STREAMING, DYNAMIC = "streaming", "dynamic"

@@ -31,7 +31,8 @@ import cloudpickle
 
 from runtime import client as client_state, ray_compat
 from runtime.log_forwarding import WorkerLogs
-from runtime.exceptions import PASSED_ON, AsyncioActorExit, ObjectStoreFullError
+from runtime.exceptions import (PASSED_ON, ActorDiedError, AsyncioActorExit, ObjectStoreFullError,
+                                constructor_failure)
 from runtime.generated import runtime_pb2 as pb
 from runtime.generators import DynamicObjectRefGenerator
 from runtime.ids import item_id
@@ -71,10 +72,10 @@ def run_task(spec: pb.TaskSpec, dependencies: dict) -> list[Serialized]:
             if attempts_left != 0 and spec.kind == pb.TaskSpec.TASK and _retriable(spec, exc):
                 attempts_left -= 1
                 continue
-            results = _error_results(spec, exc)
-        if spec.kind == pb.TaskSpec.ACTOR_CREATION:
-            _actor_error = results[0]
-        return results
+            if spec.kind == pb.TaskSpec.ACTOR_CREATION:  # the agent ends the actor; calls
+                _actor_error = serialize_task_error(  # sent before that fail as after it
+                    ActorDiedError(spec.name, constructor_failure(exc)))
+            return _error_results(spec, exc)
 
 
 async def run_task_async(spec: pb.TaskSpec, dependencies: dict) -> list[Serialized]:
@@ -244,10 +245,19 @@ def _send(message: tuple) -> None:
         _conn.send_bytes(data)
 
 
+_calls: dict[str, int] = {}  # function id -> tasks run, for max_calls
+
+
 def _send_result(spec: pb.TaskSpec, results: list) -> None:
+    """Hand the results back; a worker that ran a max_calls function that often exits after."""
     ids = list(spec.return_ids) or [spec.return_id]
     _logs.flush()  # the task's prints reach the GCS before its result exists
-    _send(("result", spec.task_id, [_output(i, obj, spec.name) for i, obj in zip(ids, results)]))
+    outputs = [_output(i, obj, spec.name) for i, obj in zip(ids, results)]
+    _calls[spec.function_id] = _calls.get(spec.function_id, 0) + 1
+    last = 0 < spec.max_calls <= _calls[spec.function_id]
+    _send(("last result" if last else "result", spec.task_id, outputs))
+    if last:
+        os._exit(0)  # (what the task's code started in this process goes with it)
 
 
 def _output(object_id: str, obj: Serialized, task_name: str):

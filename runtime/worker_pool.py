@@ -2,7 +2,8 @@
 
 A worker is `python -m runtime.worker FD`; the agent sends it a pickled (TaskSpec, dependency
 values) and reads back ("result", task_id, [object bytes, one per return id]), preceded by one
-("item", object id, object) per value a generator task yields. A worker that dies
+("item", object id, object) per value a generator task yields; "last result" when the worker
+exits after it (max_calls), so it is not handed more work. A worker that dies
 mid-task is reported through `on_death` so the task can be retried or its caller gets an error
 instead of waiting forever. An actor's worker is `dedicated`: it never goes back to the idle pool,
 and its death is reported through its own `on_exit`.
@@ -106,7 +107,7 @@ class WorkerPool:
                 continue
             worker.task_id = None
             with self._lock:
-                if worker.on_exit is None:
+                if worker.on_exit is None and kind != "last result":
                     self._idle.append(worker)
             self._on_result(task_id, data)
         worker.process.wait()

@@ -365,7 +365,7 @@ def test_constructor_args_by_ref_and_constructor_error(cluster):
     counter = Counter.remote(start)
     assert ray.get(counter.increment.remote()) == 42
 
-    @ray.remote
+    @ray.remote(max_restarts=3)
     class Broken:
         def __init__(self):
             raise RuntimeError("cannot build 9")
@@ -374,10 +374,10 @@ def test_constructor_args_by_ref_and_constructor_error(cluster):
             return "pong"
 
     broken = Broken.remote()
-    with pytest.raises(ray.RayTaskError, match="cannot build 9"):
-        ray.get(broken.ping.remote())
+    for _ in range(2):  # dead for good, as in Ray: a constructor that raised is not restarted
+        with pytest.raises(ray.ActorDiedError, match="raised in its constructor(.|\n)*cannot build 9"):
+            ray.get(broken.ping.remote(), timeout=30)
     ray.kill(counter)
-    ray.kill(broken)
 
 
 def test_a_drivers_non_detached_actors_end_with_it(cluster):
@@ -547,3 +547,13 @@ def test_a_driver_that_exits_takes_its_tasks_with_it(cluster, tmp_path):
     wait_for(lambda: not pid_alive(pid), 15, "the exited driver's task to be stopped")
     assert ray.get(ray.remote(num_cpus=0)(lambda: "still serving").remote(), timeout=30) == \
         "still serving"
+
+
+def test_a_function_with_max_calls_gets_a_fresh_worker_after_that_many_calls(cluster):
+    @ray.remote(num_cpus=0, max_calls=1)
+    def pid():
+        return os.getpid()
+
+    pids = [ray.get(pid.remote(), timeout=30) for _ in range(3)]
+    assert len(set(pids)) == 3  # (without max_calls one idle worker would run all three)
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "the retired workers to exit")
