@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from runtime import refs as ref_tracking, rpc
 from runtime.call_sender import CallSender
+from runtime.exceptions import RaySystemError
 from runtime.function_table import FunctionTable
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
@@ -121,7 +122,7 @@ _client_lock = threading.Lock()
 def connected() -> Client:
     """The connection; an error when there is none (calls that only read the cluster need one)."""
     if _client is None:
-        raise RuntimeError("this process is not connected to a cluster: call runtime.init() first")
+        raise RaySystemError("this process is not connected to a cluster: call ray.init() first")
     return _client
 
 
@@ -191,9 +192,14 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
         address = address or os.environ.get("CLUSTER_ADDRESS")
         session = read_session()
-        if object_store_memory is not None and (address or session is not None):
+        joining = address or session is not None
+        if object_store_memory is not None and joining:
             raise ValueError("object_store_memory sizes a new cluster; this connects to a running "
                              "one (size its nodes with `cluster start --object-store-memory`)")
+        if joining and (num_cpus is not None or num_gpus is not None or resources):
+            raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus and "
+                             "resources must not be provided (size its nodes with "
+                             "`cluster start --num-cpus/--num-gpus/--resources`)")
         if address == "auto" or (address is None and session is not None):
             if session is None:
                 raise ConnectionError("no cluster runs on this node (no ~/.cluster/session.json); "

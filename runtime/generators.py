@@ -69,6 +69,13 @@ class ObjectRefGenerator:
         except StopIteration:
             raise StopAsyncIteration from None
 
+    def wait_ids(self) -> list:
+        """The objects whose existence makes `next()` return at once: the next item or the end
+        ([] when the generator is exhausted)."""
+        if self._count is not None:
+            return [] if self._next_index >= self._count and not self._failed else [self._end.hex()]
+        return [item_id(self._task_id, self._next_index), self._end.hex()]
+
     def completed(self) -> ObjectRef:
         """A ref that is ready when the task has ended (`get` on it raises the task's error)."""
         return self._end

@@ -57,12 +57,13 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: Optional[float] = None,
          fetch_local: bool = True) -> tuple:
     """(ready, not_ready): the first `num_returns` refs that are ready (or fewer, when `timeout`
-    passes), and the rest; both keep the order of `refs`."""
+    passes), and the rest; both keep the order of `refs`. A streaming generator among them is
+    ready when its next item is (or it has ended)."""
     if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
         raise TypeError("wait() takes a list of ObjectRefs")
     refs = list(refs)
     for ref in refs:
-        if not isinstance(ref, ObjectRef):
+        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
             raise TypeError(f"wait() takes ObjectRefs, got {type(ref).__name__}")
     if len(set(refs)) != len(refs):
         raise ValueError("wait() expects a list of unique ObjectRefs")
@@ -70,13 +71,44 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: Optional[f
         raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
     if num_returns == 0:
         return [], refs
-    reply = client_state.auto_connected().agent.WaitObjects(pb.WaitObjectsRequest(
-        object_ids=[r.hex() for r in refs], num_returns=num_returns,
-        timeout=-1 if timeout is None else timeout, blocked_task_id=_blocked_task()))
-    ready_ids = set(list(reply.ready))
-    ready = [r for r in refs if r.hex() in ready_ids][:num_returns]
+    client = client_state.auto_connected()
+    if any(isinstance(r, ObjectRefGenerator) for r in refs):
+        ready_set = _ready_generators_and_refs(client, refs, num_returns, timeout)
+    else:
+        reply = client.agent.WaitObjects(pb.WaitObjectsRequest(
+            object_ids=[r.hex() for r in refs], num_returns=num_returns,
+            timeout=-1 if timeout is None else timeout, blocked_task_id=_blocked_task()))
+        ready_ids = set(reply.ready)
+        ready_set = {r for r in refs if r.hex() in ready_ids}
+    ready = [r for r in refs if r in ready_set][:num_returns]
     taken = set(ready)
     return ready, [r for r in refs if r not in taken]
+
+
+def _ready_generators_and_refs(client: Client, refs: list, num_returns: int,
+                               timeout: Optional[float]) -> set:
+    """wait() over refs and generators: each generator stands for two objects (its next item,
+    its end), so entries are waited for one at a time until enough are ready."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ready: set = set()
+    while True:
+        watched = {}
+        for entry in refs:
+            if entry in ready:
+                continue
+            ids = entry.wait_ids() if isinstance(entry, ObjectRefGenerator) else [entry.hex()]
+            if not ids:  # an exhausted generator
+                ready.add(entry)
+            watched.update({object_id: entry for object_id in ids})
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if len(ready) >= num_returns or not watched:
+            return ready
+        reply = client.agent.WaitObjects(pb.WaitObjectsRequest(
+            object_ids=list(watched), num_returns=1, timeout=-1 if remaining is None else remaining,
+            blocked_task_id=_blocked_task()))
+        ready.update(watched[object_id] for object_id in reply.ready)
+        if not reply.ready:  # timed out
+            return ready
 
 
 def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None):

@@ -6,6 +6,7 @@ none is silently ignored. Names unknown to Ray are a TypeError, as a misspelt ke
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -112,10 +113,18 @@ def retry_exception_types(retry_exceptions) -> tuple[bool, bytes]:
 
 
 def runtime_env_json(options: Mapping, what: str) -> str:
-    """The work's runtime_env: its own option, else the one of the job (init) or parent task."""
-    if options.get("runtime_env") is not None:
-        return client_state.check_runtime_env(options["runtime_env"], what)
-    return client_state.connected().runtime_env
+    """The work's runtime_env: the one of the job (init) or parent task, updated by its own
+    option, as in Ray: the option's keys win, and env_vars are merged (the option's win)."""
+    inherited = client_state.connected().runtime_env
+    own = options.get("runtime_env")
+    if own is None:
+        return inherited
+    client_state.check_runtime_env(own, what)
+    parent = json.loads(inherited) if inherited else {}
+    merged = {**parent, **own}
+    if "env_vars" in parent or "env_vars" in own:
+        merged["env_vars"] = {**parent.get("env_vars", {}), **(own.get("env_vars") or {})}
+    return client_state.check_runtime_env(merged, what)
 
 
 def num_returns_kind(num_returns, is_generator: bool) -> tuple[int, str]:

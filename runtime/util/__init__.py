@@ -5,6 +5,7 @@ from runtime.util import queue
 from runtime.util.actor_pool import ActorPool
 from runtime.util.placement_group import (
     PlacementGroup,
+    get_current_placement_group,
     get_placement_group,
     placement_group,
     placement_group_table,
@@ -12,5 +13,5 @@ from runtime.util.placement_group import (
 )
 
 # not `queue`: `from runtime.util import *` would hide the standard library's
-__all__ = ["ActorPool", "PlacementGroup", "get_placement_group", "placement_group",
+__all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_placement_group", "placement_group",
            "placement_group_table", "remove_placement_group"]

@@ -107,6 +107,16 @@ def remove_placement_group(pg: PlacementGroup) -> None:
     client_state.connected().gcs.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id=pg.id), timeout=30)
 
 
+def get_current_placement_group() -> Optional[PlacementGroup]:
+    """The group the calling task or actor runs in; None in a driver and outside groups."""
+    pg_id = client_state.task_context.placement_group
+    if not pg_id:
+        return None
+    reply = client_state.connected().gcs.GetPlacementGroup(pb.PlacementGroupRequest(pg_id=pg_id),
+                                                           timeout=30)
+    return _handle(reply.info) if reply.found else None
+
+
 def get_placement_group(name: str) -> PlacementGroup:
     reply = client_state.connected().gcs.GetPlacementGroup(pb.PlacementGroupRequest(name=name), timeout=30)
     if not reply.found or reply.info.state == "REMOVED":

@@ -13,10 +13,11 @@ class A:
 
 
 attempts = {
-    "max_calls": lambda: f.options(max_calls=2),
+    "label_selector": lambda: f.options(label_selector={"zone": "a"}),
     "include_dashboard": lambda: ray.init(include_dashboard=True),
     "local_mode": lambda: ray.init(local_mode=True),
     "concurrency_groups": lambda: A.options(concurrency_groups={"io": 2}),
+    "max_pending_calls": lambda: A.options(max_pending_calls=10),
     "pip": lambda: f.options(runtime_env={"pip": ["requests"]}),
 }
 for option, attempt in attempts.items():
@@ -26,5 +27,4 @@ for option, attempt in attempts.items():
     except NotImplementedError as e:
         print(option, "NotImplementedError", option in str(e))
 
-print(ray.get(f.options(max_calls=0).remote()))
-print(ray.get(f.remote()))
+print(ray.get(f.options(label_selector=None).remote()), ray.get(A.remote().ping.remote()))
