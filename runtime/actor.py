@@ -19,15 +19,20 @@ from runtime.serialization import dumps_args
 
 def method(*args, **options):
     """`@method(num_returns=N)` on an actor method: its calls return N refs (or a generator of
-    refs with "streaming"/"dynamic") without `.options()` at each call."""
-    unsupported = set(options) - {"num_returns"}
+    refs with "streaming"/"dynamic") without `.options()` at each call;
+    `@method(concurrency_group="io")`: they run in that group of the actor's concurrency_groups."""
+    unsupported = set(options) - {"num_returns", "concurrency_group"}
     if args or unsupported:
-        raise NotImplementedError(f"method(): only num_returns is supported by this runtime, "
-                                  f"got {sorted(unsupported) or 'a positional argument'}")
+        raise NotImplementedError(f"method(): only num_returns and concurrency_group are "
+                                  f"supported by this runtime, got "
+                                  f"{sorted(unsupported) or 'a positional argument'}")
 
     def mark(function):
-        task_options.num_returns_kind(options.get("num_returns"), False)  # checks the value
-        function.__ray_num_returns__ = options.get("num_returns")
+        if "num_returns" in options:
+            task_options.num_returns_kind(options["num_returns"], False)  # checks the value
+            function.__ray_num_returns__ = options["num_returns"]
+        if "concurrency_group" in options:
+            function.__ray_concurrency_group__ = options["concurrency_group"]
         return function
     return mark
 
@@ -91,6 +96,7 @@ class ActorClass:
             kind=pb.TaskSpec.ACTOR_CREATION, actor_id=actor_id, hold_resources=hold,
             max_restarts=max_restarts, max_task_retries=max_task_retries,
             max_concurrency=int(o.get("max_concurrency") or 0),
+            concurrency_groups=o.get("concurrency_groups") or {},
             node_affinity=where.node_affinity, node_affinity_soft=where.soft,
             runtime_env=task_options.runtime_env_json(o, f"{class_name}.options()"),
             capture_placement_group=where.capture_placement_group)
@@ -98,6 +104,11 @@ class ActorClass:
         if client.is_driver and not detached:
             client.owned_actors.append(actor_id)
         return ActorHandle(actor_id, class_name, self._methods, name, self._method_returns)
+
+
+# Methods every actor has, as in Ray: a call that returns once the actor is up, and one that ends
+# it after the calls queued before it (atexit handlers run).
+BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
 
 
 class ActorHandle:
@@ -121,6 +132,8 @@ class ActorHandle:
         return f"{self._class_name}({self._name or self._actor_id[:8]})"
 
     def __getattr__(self, method_name: str) -> "ActorMethod":
+        if method_name in BUILTIN_METHODS:
+            return ActorMethod(self, method_name)
         if method_name.startswith("__") or method_name not in self.__dict__.get("_methods", ()):
             raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method "
                                  f"{method_name!r}")
@@ -143,21 +156,25 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, method_name: str, num_returns=None):
+    def __init__(self, handle: ActorHandle, method_name: str, num_returns=None,
+                 concurrency_group: str = ""):
         self._handle = handle
         self._method = method_name
         self._num_returns = num_returns
+        self._group = concurrency_group
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"actor method {self._method} cannot be called directly; "
                         f"use .{self._method}.remote(...)")
 
     def options(self, **options) -> "ActorMethod":
-        unsupported = set(options) - {"num_returns", "name"}
+        unsupported = set(options) - {"num_returns", "name", "concurrency_group"}
         if unsupported:
             raise NotImplementedError(f"actor method options {sorted(unsupported)} are not "
-                                      f"supported by this runtime (supported: num_returns, name)")
-        return ActorMethod(self._handle, self._method, options.get("num_returns", self._num_returns))
+                                      f"supported by this runtime (supported: num_returns, name, "
+                                      f"concurrency_group)")
+        return ActorMethod(self._handle, self._method, options.get("num_returns", self._num_returns),
+                           options.get("concurrency_group", self._group))
 
     def remote(self, *args, **kwargs):
         client = client_state.auto_connected()
@@ -169,7 +186,8 @@ class ActorMethod:
                            job_id=client.job_id, dependencies=deps, return_id=task_id,
                            return_ids=return_ids(task_id, count),
                            kind=pb.TaskSpec.ACTOR_METHOD, actor_id=handle._actor_id,
-                           method=self._method, generator=generator_kind(generator))
+                           method=self._method, generator=generator_kind(generator),
+                           concurrency_group=self._group)
         client.sender(handle._actor_id, handle._label).submit(spec)
         return submitted_refs(spec, count)
 

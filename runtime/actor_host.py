@@ -150,6 +150,7 @@ class ActorHost:
             with self._lock:
                 actor.worker = worker
                 self.calls[actor.creation.task_id] = actor
+                actor.creation.attempt = actor.num_restarts  # (was_current_actor_reconstructed)
             worker.send(self._message(actor.creation, actor.gpu_ids))
         self._events.note(actor.creation, "RUNNING", worker.pid)
         record = self._publish(actor, "ALIVE", pid=worker.pid)

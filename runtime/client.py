@@ -177,6 +177,8 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     """
     global _client
     for option, value in ray_options.items():
+        if option.startswith("_"):  # Ray's private settings (_system_config, _temp_dir, ...)
+            raise NotImplementedError(f"init({option}=...) is not supported by this runtime")
         if option not in _INERT_INIT_OPTIONS:
             raise TypeError(f"init() got an unexpected keyword argument {option!r}")
         if value not in _INERT_INIT_OPTIONS[option]:
@@ -191,6 +193,10 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
                 return _info(_client)
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
         address = address or os.environ.get("CLUSTER_ADDRESS")
+        if address and address.startswith("ray://"):
+            raise NotImplementedError(f"init({address!r}): Ray Client addresses are not supported; "
+                                      f"run the program on the head (`cluster submit`) or give "
+                                      f"the GCS address HOST:PORT")
         session = read_session()
         joining = address or session is not None
         if object_store_memory is not None and joining:
@@ -307,6 +313,7 @@ class TaskContext:
     resources: dict = field(default_factory=dict)
     gpu_ids: list = field(default_factory=list)
     blocking_releases_cpus: bool = False  # a plain task: its CPUs go back while it waits
+    actor_restarted: bool = False  # an actor's: it runs in a restarted worker
 
 
 task_context = TaskContext()  # a driver's stays empty
@@ -331,7 +338,9 @@ def enter_task(spec: pb.TaskSpec, gpu_ids: Optional[Sequence[str]]) -> None:
         task_context.capture_placement_group,
         placement_group=group_of(spec.resources) if not actor_method else task_context.placement_group,
         resources=dict(spec.resources) if not actor_method else task_context.resources,
-        gpu_ids=ids, blocking_releases_cpus=spec.kind == pb.TaskSpec.TASK)
+        gpu_ids=ids, blocking_releases_cpus=spec.kind == pb.TaskSpec.TASK,
+        actor_restarted=spec.attempt > 0 if spec.kind == pb.TaskSpec.ACTOR_CREATION else
+        task_context.actor_restarted)
 
 
 def get_gpu_ids() -> list:

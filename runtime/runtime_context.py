@@ -46,6 +46,11 @@ class RuntimeContext:
         return json.loads(self.get_runtime_env_string())
 
     @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether this actor runs in a restarted worker (its constructor ran again)."""
+        return client_state.task_context.actor_restarted
+
+    @property
     def namespace(self) -> str:
         return client_state.connected().namespace
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
 import pickle
 import threading
 import struct
 import traceback
+from collections import ChainMap
 
 import cloudpickle
 
@@ -99,12 +101,40 @@ class _Dependency:
         return (_Dependency, (self.object_id,))
 
 
+_custom_reducers: dict = {}  # class -> reducer, from register_serializer
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle, plus the serializers registered in this process (looked up on each object)."""
+
+    dispatch_table = ChainMap(_custom_reducers, cloudpickle.CloudPickler.dispatch_table)
+
+
+def _dumps(value, buffer_callback=None) -> bytes:
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
+def register_serializer(cls: type, *, serializer, deserializer) -> None:
+    """Ray's custom serialization: objects of `cls` this process sends are `serializer(obj)`,
+    rebuilt with `deserializer(that)` wherever they arrive (the deserializer travels along, by
+    value). Registered per process, as in Ray: a worker that sends such objects registers too."""
+    def reduce(obj):
+        return deserializer, (serializer(obj),)
+    _custom_reducers[cls] = reduce
+
+
+def deregister_serializer(cls: type) -> None:
+    _custom_reducers.pop(cls, None)
+
+
 class Serialized:
     """A value as an object: write `chunks()` one after another, or take `to_bytes()`."""
 
     def __init__(self, kind: bytes, value):
         buffers: list = []
-        self.pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        self.pickled = _dumps(value, buffer_callback=buffers.append)
         self.buffers = [b.raw() for b in buffers]
         offset = _HEADER.size + _BUFFER.size * len(self.buffers) + len(self.pickled)
         self.layout = []
@@ -207,8 +237,7 @@ def dumps_args(args: tuple, kwargs: dict, call: str) -> tuple[bytes, list[str]]:
         return _Dependency(a.hex()) if isinstance(a, ObjectRef) else a
 
     try:
-        data = cloudpickle.dumps((tuple(mark(a) for a in args),
-                                  {k: mark(v) for k, v in kwargs.items()}), protocol=5)
+        data = _dumps((tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}))
     except Exception as exc:
         raise TypeError(f"{call}: an argument cannot be serialized: {exc}") from None
     deps = [a.hex() for a in list(args) + list(kwargs.values()) if isinstance(a, ObjectRef)]

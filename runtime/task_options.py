@@ -23,11 +23,11 @@ _COMMON = ("num_cpus", "num_gpus", "resources", "memory", "accelerator_type", "n
            "placement_group_capture_child_tasks")
 TASK_OPTIONS = _COMMON + ("num_returns", "max_retries", "retry_exceptions", "max_calls")
 ACTOR_OPTIONS = _COMMON + ("namespace", "lifetime", "max_restarts", "max_task_retries",
-                           "get_if_exists", "max_concurrency")
+                           "get_if_exists", "max_concurrency", "concurrency_groups")
 # Options Ray has that this runtime does not: accepted only at the value that changes nothing.
 _NOT_IMPLEMENTED = {"object_store_memory": (None,),
                     "label_selector": (None,), "_metadata": (None,),
-                    "concurrency_groups": (None,), "max_pending_calls": (None, -1),
+                    "max_pending_calls": (None, -1),
                     "enable_task_events": (None, True), "_labels": (None,)}
 STREAMING, DYNAMIC = "streaming", "dynamic"
 ACCELERATOR_SLIVER = 0.001
@@ -48,6 +48,10 @@ def check(options: Mapping, allowed: tuple, what: str) -> dict:
         kept[option] = value
     if "runtime_env" in kept:
         client_state.check_runtime_env(kept["runtime_env"], what)
+    groups = kept.get("concurrency_groups") or {}
+    if not isinstance(groups, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in groups.items()):
+        raise ValueError(f"{what}: concurrency_groups must map group names to positive ints")
     return kept
 
 

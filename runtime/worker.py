@@ -110,6 +110,7 @@ def _exit_actor() -> None:
     then the process ends with code 0, which its node agent takes as "do not restart"."""
     try:
         atexit._run_exitfuncs()
+        _logs.flush()  # what they printed reaches the driver
     finally:
         os._exit(0)
 
@@ -141,6 +142,10 @@ def _invoke(spec: pb.TaskSpec, dependencies: dict):
     blobs = {d: map_file(v) if isinstance(v, str) else v for d, v in dependencies.items()}
     args, kwargs = loads_args(spec.args, blobs)
     if spec.kind == pb.TaskSpec.ACTOR_METHOD:
+        if spec.method == "__ray_ready__":
+            return True
+        if spec.method == "__ray_terminate__":
+            raise SystemExit(0)
         return getattr(_actor, spec.method)(*args, **kwargs)
     function = client_state.function_table().load(spec.function_id)
     if spec.kind == pb.TaskSpec.ACTOR_CREATION:
@@ -197,28 +202,39 @@ def _error_results(spec: pb.TaskSpec, exc: BaseException) -> list[Serialized]:
 class ConcurrentActor:
     """Runs an actor's method calls side by side instead of one after another: an actor with
     `async def` methods awaits them on one event loop (Ray's async actors); an actor created with
-    max_concurrency > 1 runs them in that many threads (threaded actors). At most max_concurrency
-    (default 1000 for async) run at once; each result goes back when its call ends, in any order,
-    since the agent matches results by task id."""
+    max_concurrency > 1 or concurrency groups runs them in threads (threaded actors). Each
+    concurrency group runs at most its size at once, the default group max_concurrency (1000 for
+    async); a call's group is its own option, else its method's (`@method(concurrency_group=)`).
+    Each result goes back when its call ends, in any order: the agent matches them by task id."""
 
-    def __init__(self, is_async: bool, max_concurrency: int):
+    def __init__(self, cls, is_async: bool, max_concurrency: int, groups: dict):
         global _actor_loop
+        self._cls = cls
+        sizes = {"": max_concurrency or (1000 if is_async else 1), **groups}
         if is_async:
             self._loop = _actor_loop = asyncio.new_event_loop()
-            self._slots = asyncio.Semaphore(max_concurrency or 1000)
+            self._slots = {name: asyncio.Semaphore(size) for name, size in sizes.items()}
             threading.Thread(target=self._loop.run_forever, daemon=True, name="actor-loop").start()
-            self._threads = None
         else:
-            self._threads = ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor-call")
+            self._pools = {name: ThreadPoolExecutor(size, thread_name_prefix=f"actor-{name or 'call'}")
+                           for name, size in sizes.items()}
+        self._is_async = is_async
+
+    def _group(self, spec: pb.TaskSpec) -> str:
+        group = spec.concurrency_group or getattr(getattr(self._cls, spec.method, None),
+                                                  "__ray_concurrency_group__", "")
+        known = self._slots if self._is_async else self._pools
+        return group if group in known else ""
 
     def submit(self, spec: pb.TaskSpec, dependencies: dict) -> None:
-        if self._threads is not None:
-            self._threads.submit(lambda: _send_result(spec, run_task(spec, dependencies)))
+        group = self._group(spec)
+        if not self._is_async:
+            self._pools[group].submit(lambda: _send_result(spec, run_task(spec, dependencies)))
         else:
-            asyncio.run_coroutine_threadsafe(self._call(spec, dependencies), self._loop)
+            asyncio.run_coroutine_threadsafe(self._call(spec, dependencies, group), self._loop)
 
-    async def _call(self, spec: pb.TaskSpec, dependencies: dict) -> None:
-        async with self._slots:
+    async def _call(self, spec: pb.TaskSpec, dependencies: dict, group: str) -> None:
+        async with self._slots[group]:
             results = await run_task_async(spec, dependencies)
         await asyncio.get_running_loop().run_in_executor(None, _send_result, spec, results)
 
@@ -229,9 +245,10 @@ def _concurrency(creation: pb.TaskSpec) -> Optional[ConcurrentActor]:
     cls = client_state.function_table().load(creation.function_id)
     is_async = any(inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
                    for _, member in inspect.getmembers(cls, callable))
-    if not is_async and creation.max_concurrency <= 1:
+    groups = dict(creation.concurrency_groups)
+    if not is_async and creation.max_concurrency <= 1 and not groups:
         return None
-    return ConcurrentActor(is_async, creation.max_concurrency)
+    return ConcurrentActor(cls, is_async, creation.max_concurrency, groups)
 
 
 _conn: Optional[Connection] = None

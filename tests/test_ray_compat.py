@@ -230,10 +230,27 @@ None
 label_selector NotImplementedError True
 include_dashboard NotImplementedError True
 local_mode NotImplementedError True
-concurrency_groups NotImplementedError True
+_system_config NotImplementedError True
 max_pending_calls NotImplementedError True
 pip NotImplementedError True
 1 pong
+""",
+    # concurrency groups of an async actor
+    "concurrency_groups.py": """\
+{'io': 2, 'compute': 1, 'default': 1}
+""",
+    # ray.util.register_serializer
+    "custom_serializer.py": """\
+cannot serialize by default
+Connection to db://b
+db://c
+""",
+    # actor builtins and restarts
+    "actor_lifecycle.py": """\
+True
+restarted: False
+restarted: True
+terminated
 """,
     # ... and max_calls, which it supports
     "max_calls.py": """\

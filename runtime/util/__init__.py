@@ -2,6 +2,7 @@
 `queue` submodule (`ray.util.queue.Queue`)."""
 
 from runtime.util import queue
+from runtime.serialization import deregister_serializer, register_serializer
 from runtime.util.actor_pool import ActorPool
 from runtime.util.placement_group import (
     PlacementGroup,
@@ -13,5 +14,5 @@ from runtime.util.placement_group import (
 )
 
 # not `queue`: `from runtime.util import *` would hide the standard library's
-__all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_placement_group", "placement_group",
+__all__ = ["ActorPool", "PlacementGroup", "deregister_serializer", "register_serializer", "get_current_placement_group", "get_placement_group", "placement_group",
            "placement_group_table", "remove_placement_group"]

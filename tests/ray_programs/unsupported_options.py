@@ -16,7 +16,7 @@ attempts = {
     "label_selector": lambda: f.options(label_selector={"zone": "a"}),
     "include_dashboard": lambda: ray.init(include_dashboard=True),
     "local_mode": lambda: ray.init(local_mode=True),
-    "concurrency_groups": lambda: A.options(concurrency_groups={"io": 2}),
+    "_system_config": lambda: ray.init(_system_config={"object_spilling_threshold": 0.9}),
     "max_pending_calls": lambda: A.options(max_pending_calls=10),
     "pip": lambda: f.options(runtime_env={"pip": ["requests"]}),
 }
