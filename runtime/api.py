@@ -50,7 +50,7 @@ def cluster_state() -> pb.ClusterState:
 
 def nodes() -> list[dict]:
     return [{"NodeID": n.node_id, "NodeManagerAddress": n.ip, "Alive": True, "NodeType": n.node_type,
-             "IsHead": n.is_head, "Resources": dict(n.total), "alive": True}
+             "IsHead": n.is_head, "Resources": dict(n.total)}
             for n in cluster_state().nodes]
 
 

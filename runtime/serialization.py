@@ -110,7 +110,8 @@ class _Pickler(cloudpickle.CloudPickler):
     dispatch_table = ChainMap(_custom_reducers, cloudpickle.CloudPickler.dispatch_table)
 
 
-def _dumps(value, buffer_callback=None) -> bytes:
+def dumps_value(value, buffer_callback=None) -> bytes:
+    """The pickle of a value as the runtime sends it (protocol 5, custom serializers applied)."""
     out = io.BytesIO()
     _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
     return out.getvalue()
@@ -134,7 +135,7 @@ class Serialized:
 
     def __init__(self, kind: bytes, value):
         buffers: list = []
-        self.pickled = _dumps(value, buffer_callback=buffers.append)
+        self.pickled = dumps_value(value, buffer_callback=buffers.append)
         self.buffers = [b.raw() for b in buffers]
         offset = _HEADER.size + _BUFFER.size * len(self.buffers) + len(self.pickled)
         self.layout = []
@@ -237,7 +238,7 @@ def dumps_args(args: tuple, kwargs: dict, call: str) -> tuple[bytes, list[str]]:
         return _Dependency(a.hex()) if isinstance(a, ObjectRef) else a
 
     try:
-        data = _dumps((tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}))
+        data = dumps_value((tuple(mark(a) for a in args), {k: mark(v) for k, v in kwargs.items()}))
     except Exception as exc:
         raise TypeError(f"{call}: an argument cannot be serialized: {exc}") from None
     deps = [a.hex() for a in list(args) + list(kwargs.values()) if isinstance(a, ObjectRef)]

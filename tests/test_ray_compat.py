@@ -245,6 +245,15 @@ cannot serialize by default
 Connection to db://b
 db://c
 """,
+    # ray.util.inspect_serializability
+    "inspect_serializability.py": """\
+True []
+False [('lock', 'test')]
+False [('lock', 'DBClient')]
+False [('lock', 'DBClient')]
+False [('client', 'query')]
+True []
+""",
     # actor builtins and restarts
     "actor_lifecycle.py": """\
 True
