@@ -169,7 +169,8 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     """Connect this process to a cluster.
 
     address: "auto" = the cluster this node belongs to (its ~/.cluster/session.json);
-    "HOST:PORT" = a GCS; None = $CLUSTER_ADDRESS, else this node's cluster if it has one, else a
+    "HOST:PORT" = a GCS; None = $CLUSTER_ADDRESS (or Ray's $RAY_ADDRESS), else this node's
+    cluster if it has one, else a
     new single-node cluster owned by this process (num_cpus/num_gpus/resources size it, and
     object_store_memory its shared memory for objects, in bytes). `namespace` is where this
     driver's named actors live and are looked up; `runtime_env` applies to all its work. What
@@ -192,13 +193,13 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
             if ignore_reinit_error:
                 return _info(_client)
             raise RuntimeError("runtime.init() was already called; call runtime.shutdown() first")
-        address = address or os.environ.get("CLUSTER_ADDRESS")
+        address = address or os.environ.get("CLUSTER_ADDRESS") or _ray_address()
         if address and address.startswith("ray://"):
             raise NotImplementedError(f"init({address!r}): Ray Client addresses are not supported; "
                                       f"run the program on the head (`cluster submit`) or give "
                                       f"the GCS address HOST:PORT")
         session = read_session()
-        joining = address or session is not None
+        joining = joins_a_cluster(address)
         if object_store_memory is not None and joining:
             raise ValueError("object_store_memory sizes a new cluster; this connects to a running "
                              "one (size its nodes with `cluster start --object-store-memory`)")
@@ -248,6 +249,19 @@ def check_runtime_env(runtime_env: Optional[dict], where: str) -> str:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
         raise TypeError(f"{where}: runtime_env['env_vars'] must map str to str")
     return json.dumps(runtime_env, sort_keys=True)
+
+
+def joins_a_cluster(address: Optional[str] = None) -> bool:
+    """Whether init(address) would connect to a running cluster rather than start one."""
+    return bool(address or os.environ.get("CLUSTER_ADDRESS") or _ray_address()
+                or read_session() is not None)
+
+
+def _ray_address() -> Optional[str]:
+    """$RAY_ADDRESS, as Ray users set it for a cluster's GCS (HOST:PORT or "auto"); not a
+    dashboard URL (http://...), which is for job submission."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    return address if address and "://" not in address else None
 
 
 def _agent_for(gcs_address: str, token: Optional[str], session) -> str:

@@ -254,6 +254,17 @@ False [('lock', 'DBClient')]
 False [('client', 'query')]
 True []
 """,
+    # ray.util.multiprocessing.Pool
+    "multiprocessing_pool.py": """\
+[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+[0, 1, 4, 9, 16]
+[0, 1, 4, 9, 16]
+[32, 27]
+['hello, ann', 'hello, bob']
+144 [144] True
+ValueError: negative: -2 ('negative: -2',)
+Pool not running
+""",
     # actor builtins and restarts
     "actor_lifecycle.py": """\
 True
