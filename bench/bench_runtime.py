@@ -1,6 +1,6 @@
 """Runtime figures on this machine: init time, no-op task throughput (1k, 10k), a 1000-task chain,
-single-task round trip, sequential actor calls/s, actor calls/s with 1000 in flight, put/get of a
-1 MB bytes object, and put/get throughput of 1 MB and 100 MB numpy arrays (GB/s; a get maps shared
+single-task round trip, sequential actor calls/s, actor calls/s with 1000 in flight, a tree of
+255 tasks that wait for their children, streamed generator items/s, put/get of a 1 MB bytes object, and put/get throughput of 1 MB and 100 MB numpy arrays (GB/s; a get maps shared
 memory, no copy).
 
 Each workload runs on the embedded runtime (a private single-node cluster started by `init`), and on
@@ -93,6 +93,25 @@ def measure(ray, num_cpus: int) -> dict:
         figures["get_1MB_ms_median"] = statistics.median(gets) * 1000
         for label, size, rounds in (("1MB", 1 << 20, 50), ("100MB", 100 << 20, 5)):
             figures.update(numpy_put_get(ray, label, size, rounds))
+
+        @ray.remote
+        def tree(depth):  # each task waits for its two children: its CPU must be lent out
+            if depth == 0:
+                return 1
+            return sum(ray.get([tree.remote(depth - 1), tree.remote(depth - 1)]))
+
+        t = time.perf_counter()
+        assert ray.get(tree.remote(7)) == 128
+        figures["tree_of_255_nested_tasks_s"] = time.perf_counter() - t
+
+        @ray.remote
+        def stream(n):
+            for i in range(n):
+                yield i
+
+        t = time.perf_counter()
+        assert sum(ray.get(ref) for ref in stream.remote(2000)) == 1999 * 2000 // 2
+        figures["generator_items_per_s_streamed"] = 2000 / (time.perf_counter() - t)
     finally:
         ray.shutdown()
     return figures

@@ -53,6 +53,7 @@ from runtime.worker_pool import WorkerPool
 log = logging.getLogger("node_agent")
 
 CHUNK_BYTES = 1 << 20
+MAX_RPC_THREADS = 2048
 MAX_PENDING_ACTOR_CHECKS = 32  # queued actor creations checked for a kill() per heartbeat
 LOCALITY_BYTES = 1 << 20  # a task waiting for an argument this large may go where it is
 
@@ -107,7 +108,9 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, port: int = 0):
-        server = rpc.make_server(self._token, max_workers=64)
+        # Each task blocked in get/wait holds one server thread for as long as it waits (a tree
+        # of tasks blocks many at once), so the pool is large; its threads start only when used.
+        server = rpc.make_server(self._token, max_workers=MAX_RPC_THREADS)
         pb_grpc.add_NodeAgentServicer_to_server(self, server)
         bound = server.add_insecure_port(f"{self.ip}:{port}")
         if bound == 0:

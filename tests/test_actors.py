@@ -557,3 +557,4 @@ def test_a_function_with_max_calls_gets_a_fresh_worker_after_that_many_calls(clu
     pids = [ray.get(pid.remote(), timeout=30) for _ in range(3)]
     assert len(set(pids)) == 3  # (without max_calls one idle worker would run all three)
     wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "the retired workers to exit")
+
