@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gcp_tests.conftest import REGION
+from gcp_tests.fake_gce import PROJECT
 from gcp_tests.test_gcp_provider import L4, bootstrapped
 from launcher.errors import AuthError, ConfigError, InvalidNodeConfig, LauncherError
 
@@ -68,13 +69,19 @@ def test_bad_input_is_one_line_and_creates_nothing(fake, case):
     _nothing_created(fake)
 
 
-def test_missing_project_id_is_named_by_the_schema():
+def test_missing_project_id_comes_from_gcloud_or_is_named():
     from launcher.config import config_from_dict
 
-    with pytest.raises(ConfigError) as raised:
-        config_from_dict({"cluster_name": "t", "provider": {"type": "gcp", "region": REGION},
-                          "available_node_types": {"head": _head()}, "head_node_type": "head"})
-    assert "provider.project_id: missing; provider type 'gcp' requires it" in str(raised.value)
+    config = {"cluster_name": "t", "provider": {"type": "gcp", "region": REGION},
+              "available_node_types": {"head": _head()}, "head_node_type": "head"}
+    with pytest.raises(ConfigError) as raised:  # no gcloud configuration here (gcp_env)
+        config_from_dict(config)
+    assert "provider.project_id: missing, and gcloud has no default project" in str(raised.value)
+    gcloud = os.path.join(os.environ["CLOUDSDK_CONFIG"], "configurations")
+    os.makedirs(gcloud)
+    with open(os.path.join(gcloud, "config_default"), "w") as f:
+        f.write(f"[core]\nproject = {PROJECT}\n")
+    assert config_from_dict(config).provider["project_id"] == PROJECT  # as `gcloud config set`
 
 
 def test_missing_credentials_is_one_auth_line(fake, monkeypatch):

@@ -22,6 +22,7 @@ from typing import Any, Mapping, NoReturn, Optional, Sequence
 import jsonschema
 import yaml
 
+from launcher import cloud_profiles, ray_config
 from launcher.errors import ConfigError
 
 _PACKAGE_DIR = Path(__file__).parent
@@ -82,6 +83,7 @@ class ClusterConfig:
     head_start_commands: tuple[str, ...]
     worker_start_commands: tuple[str, ...]
     source_path: Optional[str]
+    notes: tuple[str, ...] = field(default=(), compare=False)  # for the user: Ray keys read as ours
     raw: Mapping = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -165,9 +167,15 @@ def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
     if not isinstance(data, dict):
         _fail(source, (), "expected a mapping of config keys at the top level")
     _check_keys(data, [], source)
+    translated = ray_config.translate(data, lambda path, message: _fail(source, path, message))
+    data = translated.data
     _validate(data, source)
     merged = _merge_defaults(data)
-    _check_provider(merged["provider"], source)
+    _fill_from_cloud_profiles(merged["provider"], source)
+    if translated.default_min_workers is not None:
+        for name, spec in merged["available_node_types"].items():
+            if name != merged.get("head_node_type"):
+                spec["min_workers"] = translated.default_min_workers
     _check_ssh_auth(merged["provider"]["type"], merged["auth"], source)
     node_types = _node_types(merged, source)
     _check_worker_counts(int(merged["max_workers"]), node_types, merged["head_node_type"], source)
@@ -185,6 +193,7 @@ def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
         file_mounts=_resolve_mounts(merged["file_mounts"], base_dir, source),
         **{key: tuple(merged[key]) for key in ("rsync_exclude", "rsync_filter", *COMMAND_KEYS)},
         source_path=source_path,
+        notes=tuple(translated.notes),
     )
 
 
@@ -194,11 +203,13 @@ def _defaults(provider_type: str) -> dict:
 
 
 def _merge_defaults(data: dict) -> dict:
-    """The user's config over the provider's defaults; user node types replace the default ones."""
+    """The user's config over the provider's defaults; user node types replace the default ones
+    (the default head_node_type stays when the user's types include it, as in Ray)."""
     defaults = copy.deepcopy(_defaults(data["provider"]["type"]))
     if "available_node_types" in data:
         defaults.pop("available_node_types", None)
-        defaults.pop("head_node_type", None)
+        if defaults.get("head_node_type") not in (data["available_node_types"] or {}):
+            defaults.pop("head_node_type", None)
     return _deep_merge(defaults, data)
 
 
@@ -246,14 +257,16 @@ def _node_type(name, spec, is_head, merged, provider_type, source) -> NodeTypeCo
     )
 
 
-def _check_provider(provider: Mapping, source: str) -> None:
-    """Ray's `local` means on-prem SSH hosts, ours means processes here: catch the mix-up."""
-    if provider["type"] != "local":
-        return
-    for key in ("head_ip", "worker_ips"):
-        if key in provider:
-            _fail(source, ["provider", key], "the local provider runs nodes as processes on this "
-                  "machine and takes no hosts; for SSH hosts use provider.type: ssh")
+def _fill_from_cloud_profiles(provider: dict, source: str) -> None:
+    """An Azure subscription or GCP project left out comes from the cloud's CLI, as in Ray (and
+    is written into the head's copy of the config, which has no CLI profile to read)."""
+    for cloud, key, found, hint in (
+            ("azure", "subscription_id", cloud_profiles.azure_subscription,
+             "the Azure CLI has no default subscription (`az login`)"),
+            ("gcp", "project_id", cloud_profiles.gcp_project,
+             "gcloud has no default project (`gcloud config set project ID`)")):
+        if provider["type"] == cloud and not provider.get(key):
+            provider[key] = found() or _fail(source, ["provider", key], f"missing, and {hint}")
 
 
 def _check_ssh_auth(provider_type: str, auth: Mapping, source: str) -> None:
@@ -363,8 +376,16 @@ def _describe(schema: Mapping) -> str:
     return _TYPE_NAMES.get(kind, "a valid value")
 
 
+_OPPOSITES = (("min", "max"), ("head", "worker"))
+
+
 def _did_you_mean(word: Any, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    """A close match, never one of opposite meaning (min_workers for max_workers...)."""
+    word = str(word)
+    flipped = [word.replace(a, b) for a, b in _OPPOSITES + tuple(p[::-1] for p in _OPPOSITES)
+               if a in word]
+    close = [c for c in difflib.get_close_matches(word, [str(c) for c in choices], n=3)
+             if not any(c.startswith(f) or f.startswith(c) for f in flipped)]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -403,7 +424,7 @@ def _to_raw(config: ClusterConfig) -> dict:
                 name: {key: value for key, value in vars(t).items() if key != "name"}
                 for name, t in config.node_types.items()
             }
-        elif f.init and f.name != "source_path":
+        elif f.init and f.name not in ("source_path", "notes"):
             raw[f.name] = getattr(config, f.name)
     return _plain(raw)
 

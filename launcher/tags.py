@@ -1,5 +1,7 @@
 """Node tags: the node's state lives on the provider so any process can crash and resume."""
 
+import re
+
 TAG_CLUSTER_NAME = "cluster-name"
 TAG_NODE_KIND = "node-kind"  # head | worker
 TAG_NODE_TYPE = "node-type"  # a key of available_node_types
@@ -20,3 +22,9 @@ STATUS_SYNCING_FILES = "syncing-files"
 STATUS_SETTING_UP = "setting-up"
 STATUS_UP_TO_DATE = "up-to-date"
 STATUS_UPDATE_FAILED = "update-failed"
+
+
+def dns_name(text: str) -> str:
+    """`text` as clouds allow in resource and host names (lowercase letters, digits, `-`): a
+    cluster name may hold `_` or `.` and capitals, as Ray's may (tags keep it as it is)."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "cluster"

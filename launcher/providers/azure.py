@@ -140,7 +140,8 @@ class AzureNodeProvider(NodeProvider):
             return []
         tags = {**tags, T.TAG_CLUSTER_NAME: self.cluster_name, T.TAG_NODE_TYPE: node_type}
         kind = tags.get(T.TAG_NODE_KIND, "node")
-        names = [f"{self.cluster_name[:45]}-{kind}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        names = [f"{T.dns_name(self.cluster_name)[:45]}-{kind}-{uuid.uuid4().hex[:8]}"
+                 for _ in range(count)]
         with ThreadPoolExecutor(min(count, MAX_PARALLEL)) as pool:
             outcomes = list(pool.map(lambda name: self._create_one(name, node_config, tags), names))
         created = [name for name, error in zip(names, outcomes) if error is None]

@@ -20,6 +20,7 @@ import re
 from typing import Callable, Mapping
 
 from launcher.errors import ConfigError, InvalidNodeConfig, ProviderError
+from launcher.tags import dns_name
 from launcher.providers.gcp_catalog import (CLOUD_PLATFORM, Compute, base_name, has_reason,
                                            machine_resources)
 
@@ -35,7 +36,7 @@ _IMAGE = re.compile(r"(?:.*/)?projects/([^/]+)/global/images/(family/)?([^/]+)$"
 def resource_name(cluster: str, suffix: str = "") -> str:
     """A GCP resource name (at most 63 characters) for this cluster: the firewall rules, the
     network tag, instance names."""
-    return f"cluster-launcher-{cluster}"[:63 - len(suffix)].rstrip("-") + suffix
+    return f"cluster-launcher-{dns_name(cluster)}"[:63 - len(suffix)].rstrip("-") + suffix
 
 
 def key_path(project: str) -> str:

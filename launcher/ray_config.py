@@ -1,0 +1,111 @@
+"""Ray's cluster-YAML keys, read as ours: a Ray user's config loads unchanged.
+
+A pure translation, run before validation, of the parsed YAML: keys Ray names differently are
+renamed; keys Ray has that mean nothing here are dropped when they hold the value that does
+nothing (`docker: {}`, `cluster_synced_files: []`, `file_mounts_sync_continuously: false`), with
+one note for the user; a real value for one of them is a one-line error saying it is not
+supported and where the docs list them (docs/config-reference.md, "Coming from Ray"). Ray's
+`local` provider with hosts is our `ssh` provider.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, NoReturn, Optional
+
+RENAMED = {"head_start_ray_commands": "head_start_commands",
+           "worker_start_ray_commands": "worker_start_commands"}
+DOCS = "docs/config-reference.md#coming-from-ray"
+# Ray keys with no counterpart, and the values of theirs that change nothing.
+_INERT = {"cluster_synced_files": ([], None),
+          "file_mounts_sync_continuously": (False, None),
+          "no_restart": (False, None)}
+# docker: keys whose presence alone asks for nothing (no image: Ray then runs on the host too).
+_DOCKER_INERT_KEYS = {"image", "head_image", "worker_image", "container_name", "pull_before_run",
+                      "run_options", "head_run_options", "worker_run_options",
+                      "disable_automatic_runtime_detection", "disable_shm_size_detection"}
+
+Fail = Callable[[list, str], NoReturn]
+
+
+@dataclass
+class Translated:
+    data: dict  # the config with Ray's keys as ours
+    notes: list = field(default_factory=list)  # what the user should know, one line each
+    default_min_workers: Optional[int] = None  # Ray's top-level min_workers, for default types
+
+
+def translate(data: dict, fail: Fail) -> Translated:
+    """`fail(key_path, message)` raises."""
+    data = copy.deepcopy(data)
+    notes: list[str] = []
+    for ray_key, ours in RENAMED.items():
+        if ray_key in data:
+            if ours in data:
+                fail([ray_key], f"give either {ray_key} (Ray's name) or {ours}, not both")
+            data[ours] = data.pop(ray_key)
+    for key, inert in _INERT.items():
+        if key in data:
+            value = data.pop(key)
+            if value not in inert:
+                fail([key], f"not supported (only {inert[0]!r}); see {DOCS}")
+    _drop_docker(data, [], fail, notes)
+    for name, spec in (data.get("available_node_types") or {}).items():
+        if isinstance(spec, dict):
+            _drop_docker(spec, ["available_node_types", name], fail, notes)
+            if spec.get("resources") == {}:  # Ray: detect the node's resources, as when omitted
+                del spec["resources"]
+    _local_hosts_are_ssh(data, notes)
+    return Translated(data, notes, _legacy_min_workers(data, fail))
+
+
+def _drop_docker(section: dict, path: list, fail: Fail, notes: list) -> None:
+    """`docker:` without an image asks for nothing; with one, nodes would run in containers,
+    which this version does not do."""
+    docker = section.pop("docker", None)
+    if docker is None:
+        return
+    if not isinstance(docker, dict):
+        fail(path + ["docker"], f"expected a mapping, got {docker!r}")
+    unknown = set(docker) - _DOCKER_INERT_KEYS
+    if unknown:
+        fail(path + ["docker", sorted(unknown)[0]], f"unknown key of docker; see {DOCS}")
+    for key in ("image", "head_image", "worker_image"):
+        if docker.get(key):
+            fail(path + ["docker", key], f"running nodes in containers is not supported; remove "
+                 f"the image to run on the hosts themselves (see {DOCS})")
+    if docker and not notes:
+        notes.append("docker: no image given, so nodes run without containers, as in Ray")
+
+
+def _local_hosts_are_ssh(data: dict, notes: list) -> None:
+    """Ray's `local` provider with head_ip/worker_ips is machines reached over SSH: our `ssh`.
+    Ray gives it one node type for all hosts, started all at once."""
+    provider = data.get("provider")
+    if not isinstance(provider, dict) or provider.get("type") != "local" or \
+            not ({"head_ip", "worker_ips"} & set(provider)):
+        return
+    provider["type"] = "ssh"
+    notes.append("provider.type: local with hosts is the ssh provider here (Ray's meaning)")
+    if "available_node_types" not in data:
+        hosts = len(provider.get("worker_ips") or [])
+        data.setdefault("max_workers", hosts)
+        workers = data.pop("min_workers", hosts)
+        data["available_node_types"] = {
+            "local.cluster.node": {"min_workers": workers, "max_workers": data["max_workers"]}}
+        data.setdefault("head_node_type", "local.cluster.node")
+
+
+def _legacy_min_workers(data: dict, fail: Fail) -> Optional[int]:
+    """Ray's top-level min_workers (from before node types) applies to the default worker
+    types; next to node types of the user's own, only 0 means something."""
+    if "min_workers" not in data:
+        return None
+    value = data.pop("min_workers")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        fail(["min_workers"], f"expected a non-negative integer, got {value!r}")
+    if "available_node_types" in data and value:
+        fail(["min_workers"], "set min_workers per node type (available_node_types.<type>."
+             f"min_workers); a top-level value applies only to the default node types ({DOCS})")
+    return value if "available_node_types" not in data else None
