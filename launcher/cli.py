@@ -13,6 +13,7 @@ import sys
 import click
 
 from launcher import cluster_ops
+from launcher.config import bootstrap_yaml
 from launcher.errors import LauncherError
 
 config_argument = click.argument("config", type=click.Path(dir_okay=False))
@@ -74,12 +75,21 @@ def version_(config, cluster_name):
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--no-restart", is_flag=True, help="Run setup but do not restart the runtime.")
 @click.option("--restart-only", is_flag=True, help="Skip setup; only restart the runtime.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved config and what would be created; create nothing.")
 @name_option
 @reports_errors
-def up(config, yes, no_restart, restart_only, cluster_name):
+def up(config, yes, no_restart, restart_only, dry_run, cluster_name):
     """Create or update a cluster."""
     if no_restart and restart_only:
         raise click.UsageError("--no-restart and --restart-only exclude each other")
+    if dry_run:
+        resolved = cluster_ops.load(config, cluster_name)
+        click.echo(bootstrap_yaml(resolved).rstrip("\n"))
+        click.echo("\n# cluster up would (nothing has been created or contacted):")
+        for line in cluster_ops.plan(resolved):
+            click.echo(f"#   {line}")
+        return
     confirm = (lambda _: True) if yes else (lambda q: click.confirm(q, default=False))
     cluster_ops.up(config, _echo, no_restart=no_restart, restart_only=restart_only,
                    cluster_name=cluster_name, confirm=confirm)
@@ -88,6 +98,21 @@ def up(config, yes, no_restart, restart_only, cluster_name):
     click.echo(f"  cluster submit {config} script.py  # run a driver on the head")
     click.echo(f"  cluster exec {config} 'CMD'        # run a shell command on the head")
     click.echo(f"  cluster down {config}              # remove every node")
+
+
+@cli.command()
+@config_argument
+@click.option("--print", "show", is_flag=True, help="Also print the resolved config.")
+@name_option
+@reports_errors
+def validate(config, show, cluster_name):
+    """Check a config (Ray's keys included) without contacting anything."""
+    resolved = cluster_ops.load(config, cluster_name)
+    if show:
+        click.echo(bootstrap_yaml(resolved).rstrip("\n"))
+    types = ", ".join(resolved.node_types)
+    click.echo(f"{config}: valid ({resolved.provider['type']} provider; node types: {types}; "
+               f"head: {resolved.head_node_type})")
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Callable, Optional
@@ -23,14 +24,39 @@ from launcher.updater import NodeUpdater, launch_hash, node_env
 
 Echo = Callable[[str], None]
 GCS_PORT = 6379
+RAY_BOOTSTRAP_CONFIG_PATH = "~/ray_bootstrap_config.yaml"  # what Ray's head start commands name
+
+
+def load(config_path: str, cluster_name: Optional[str] = None) -> ClusterConfig:
+    """Load and validate the config. Notes on how Ray's keys were read go to stderr, one line
+    each."""
+    config = load_config(config_path)
+    for note in config.notes:
+        print(f"note: {config_path}: {note}", file=sys.stderr)
+    if cluster_name:
+        config = config_from_dict({**config.raw, "cluster_name": cluster_name}, config_path)
+    return config
 
 
 def open_cluster(config_path: str, cluster_name: Optional[str] = None) -> tuple:
     """Load and validate the config; return (config, provider)."""
-    config = load_config(config_path)
-    if cluster_name:
-        config = config_from_dict({**config.raw, "cluster_name": cluster_name}, config_path)
+    config = load(config_path, cluster_name)
     return config, make_provider(config.provider, config.cluster_name, config.auth)
+
+
+def plan(config: ClusterConfig) -> list[str]:
+    """What `cluster up` would create for this config, in words; nothing is contacted."""
+    head = config.node_types[config.head_node_type]
+    lines = [f"provider {config.provider['type']}: its bootstrap (network, firewall, keys, "
+             f"roles) runs first and reuses what exists",
+             f"head: 1 node of type {head.name} {dict(head.node_config) or ''}".rstrip(),
+             f"runtime: installed on every node from this machine's lock "
+             f"(cluster-launcher {release()})"]
+    for name, node_type in config.worker_types().items():
+        lines.append(f"workers of type {name}: {node_type.min_workers} at once, up to "
+                     f"{min(node_type.max_workers, config.max_workers)} on demand "
+                     f"{dict(node_type.node_config) or ''}".rstrip())
+    return lines
 
 
 def head_node(provider: NodeProvider, config: ClusterConfig, required: bool = True) -> Optional[str]:
@@ -73,11 +99,12 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
 
 
 def _head_updater(provider, head, config, echo, tmp: str) -> NodeUpdater:
-    """The head's updater; it also ships the bootstrap config (and the SSH key) the autoscaler uses."""
+    """The head's updater; it also ships the bootstrap config (and the SSH key) the autoscaler uses,
+    the config under Ray's name too, for Ray's `ray start --autoscaling-config` to find."""
     bootstrap = os.path.join(tmp, "cluster_bootstrap.yaml")
     with open(bootstrap, "w") as f:
         f.write(bootstrap_yaml(config))
-    files = {BOOTSTRAP_CONFIG_PATH: bootstrap}
+    files = {BOOTSTRAP_CONFIG_PATH: bootstrap, RAY_BOOTSTRAP_CONFIG_PATH: bootstrap}
     if config.auth.get("ssh_private_key"):
         files[BOOTSTRAP_KEY_PATH] = os.path.expanduser(config.auth["ssh_private_key"])
     installer = (RuntimeInstaller(echo, provider.runtime_extras) if provider.installs_runtime

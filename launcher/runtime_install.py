@@ -18,6 +18,7 @@ import importlib.metadata
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -189,6 +190,16 @@ def _wheels_digest(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def node_scripts(python: str) -> dict[str, str]:
+    """The node's commands besides `cluster`, by name, as scripts running that `python`: `python`
+    itself, and Ray's `ray` (runtime/ray_cli.py), so Ray's start commands run unchanged. Scripts,
+    not symlinks: Python finds its venv next to the path it was started by. `ray` is never a
+    console script of the project: installed on a user's machine, it would shadow a real Ray."""
+    script = "#!/bin/sh\nexec {} {}\"$@\"\n"
+    return {"python": script.format(python, ""),
+            "ray": script.format(python, "-m runtime.ray_cli ")}
+
+
 class RuntimeInstaller:
     """Installs the runtime on nodes over their command runners; one wheelhouse per node kind."""
 
@@ -228,9 +239,8 @@ class RuntimeInstaller:
             f"{NODE_WHEELHOUSE}/{_project_wheel_name()}",
             "mkdir -p ~/.local/bin",
             f"ln -sf {NODE_VENV}/bin/cluster ~/.local/bin/cluster",
-            # a wrapper, not a symlink: Python finds its venv next to the path it was started by
-            f"printf '#!/bin/sh\\nexec {NODE_VENV}/bin/python \"$@\"\\n' > ~/.local/bin/python",
-            "chmod +x ~/.local/bin/python",
+            *(f"printf %s {shlex.quote(text)} > ~/.local/bin/{name} && chmod +x ~/.local/bin/{name}"
+              for name, text in node_scripts(f"{NODE_VENV}/bin/python").items()),
             f"touch {marker}",
         ])
         result = runner.run(script, on_output=on_output)

@@ -167,9 +167,11 @@ class NodeUpdater:
 def node_env(config, node_type: str, node_id: str, node_ip: str, head_ip: str,
              token: Optional[str] = None) -> dict:
     """What a node's start commands need to know: where the head is, which address is this node's
-    (the provider knows; guessing from routes fails when nodes share a host), what it offers."""
+    (the provider knows; guessing from routes fails when nodes share a host), what it offers.
+    The head's address also as Ray's $RAY_HEAD_IP, which Ray's worker start commands use."""
     env = {
         "CLUSTER_HEAD_IP": head_ip,
+        "RAY_HEAD_IP": head_ip,
         "CLUSTER_NODE_IP": node_ip,
         "CLUSTER_NODE_TYPE": node_type,
         "CLUSTER_NODE_ID": node_id,

@@ -4,13 +4,16 @@ read as ours, Ray's defaults apply, and what has no counterpart is a no-op or on
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from launcher.config import config_from_dict, load_config
+from launcher.config import bootstrap_yaml, config_from_dict
 from launcher.errors import ConfigError
+from tests.conftest import CLUSTER
 
 RAY_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "ray-configs"
 SUBSCRIPTION, PROJECT = "00000000-0000-0000-0000-00000000beef", "ray-user-project"
@@ -80,13 +83,7 @@ def test_rays_defaults_fill_node_types_head_type_and_cloud_accounts():
     assert azure.provider["subscription_id"] == SUBSCRIPTION  # the Azure CLI's default
     gcp = config_from_dict(ray_config("gcp-example-minimal.yaml"))
     assert gcp.provider["project_id"] == PROJECT  # gcloud's default project
-    assert "project_id: " + PROJECT in _bootstrap_yaml(gcp)  # the head has no gcloud profile
-
-
-def _bootstrap_yaml(config) -> str:
-    from launcher.config import bootstrap_yaml
-
-    return bootstrap_yaml(config)
+    assert "project_id: " + PROJECT in bootstrap_yaml(gcp)  # the head has no gcloud profile
 
 
 def test_keys_without_counterpart_are_no_ops_at_their_inert_value_and_errors_otherwise():
@@ -124,3 +121,25 @@ def test_rays_local_provider_with_hosts_is_the_ssh_provider_with_one_node_type()
     assert (config.head_node_type, node.min_workers, node.max_workers) == (
         "local.cluster.node", 2, 2)
     assert config.cluster_name == "on_prem"  # Ray's names may hold "_"
+
+
+def test_validate_and_dry_run_print_the_resolved_config_and_create_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    env["HOME"] = str(tmp_path / "home")  # nothing of a real user, no cloud credentials
+    minimal = RAY_CONFIGS / "aws-example-minimal.yaml"
+    valid = subprocess.run([CLUSTER, "validate", str(minimal)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert valid.returncode == 0 and "valid (aws provider; node types: ray.head.default, " \
+        "ray.worker.default; head: ray.head.default)" in valid.stdout, valid.stderr
+    dry = subprocess.run([CLUSTER, "up", "--dry-run", str(minimal)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    resolved = yaml.safe_load(dry.stdout)  # the plan follows as YAML comments
+    assert resolved["head_node_type"] == "ray.head.default"
+    assert resolved["available_node_types"]["ray.worker.default"]["min_workers"] == 3
+    assert "workers of type ray.worker.default: 3 at once, up to 3 on demand" in dry.stdout
+    assert not (tmp_path / "home" / ".cluster-launcher").exists()  # no state, no keys written
+    full = subprocess.run([CLUSTER, "validate", str(RAY_CONFIGS / "aws-example-full.yaml")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert full.returncode == 2 and full.stderr.count("\n") == 1
+    assert "docker.image: running nodes in containers is not supported" in full.stderr

@@ -38,6 +38,7 @@ from launcher.providers.local_node import (
     wait_groups_gone,
     wait_ready,
 )
+from launcher.runtime_install import node_scripts
 from launcher.tags import TAG_CLUSTER_NAME, TAG_NODE_TYPE
 
 STATE_DIR_ENV = "CLUSTER_LOCAL_STATE_DIR"
@@ -46,6 +47,7 @@ READY_TIMEOUT_S = 30.0
 TERM_GRACE_S = 3.0
 KILL_WAIT_S = 1.0
 OUTPUT_TAIL_CHARS = 4096
+NODE_BIN = "bin"  # in the node's home: its own commands, first on its PATH
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -197,6 +199,7 @@ class LocalNodeProvider(NodeProvider):
         for d in (clusters, os.path.dirname(node_dir)):
             os.makedirs(d, mode=0o700, exist_ok=True)
         os.mkdir(node_dir, mode=0o700)
+        _write_node_commands(node_dir)
         return dict(
             node_id=node_id,
             cluster_name=self.cluster_name,
@@ -266,13 +269,26 @@ def _free_ip(nodes: dict) -> str:
     raise CapacityError("local: every loopback address from 127.0.1.2 to 127.0.255.254 is in use")
 
 
+def _write_node_commands(node_dir: str) -> None:
+    """The node's own commands (Ray's `ray`, as the runtime install puts on remote nodes), in a
+    bin directory first on the node's PATH: never in this machine's venv, where `ray` would
+    shadow a real Ray."""
+    bin_dir = os.path.join(node_dir, NODE_BIN)
+    os.mkdir(bin_dir, mode=0o700)
+    path = os.path.join(bin_dir, "ray")  # (python: this venv's, next on the PATH)
+    with open(path, "w") as f:
+        f.write(node_scripts(sys.executable)["ray"])
+    os.chmod(path, 0o700)
+
+
 def _node_env(record: dict, root: str) -> dict[str, str]:
     """The environment of everything a node runs: ours, minus our own CLUSTER_ settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
     env.update(
         HOME=record["node_dir"],
         PWD=record["node_dir"],
-        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", os.defpath),
+        PATH=os.pathsep.join((os.path.join(record["node_dir"], NODE_BIN),
+                              os.path.dirname(sys.executable), env.get("PATH", os.defpath))),
         CLUSTER_NODE_IP=record["ip"],
         CLUSTER_NODE_ID=record["node_id"],
         CLUSTER_NODE_TYPE=record["tags"][TAG_NODE_TYPE],
