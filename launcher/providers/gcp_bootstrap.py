@@ -90,6 +90,11 @@ def _normalized(name: str, node_config: Mapping) -> dict:
     from google.cloud import compute_v1
 
     node_config = copy.deepcopy(dict(node_config))
+    tpu = sorted({"acceleratorType", "runtimeVersion"} & set(node_config))
+    if tpu and not node_config.get("machineType"):  # Ray's TPU VM node configs
+        raise ConfigError(f"available_node_types.{name}.node_config.{tpu[0]}: TPU VMs are not "
+                          "supported; use a Compute Engine machineType (GPUs through "
+                          "guestAccelerators)")
     if not node_config.get("machineType"):
         raise ConfigError(f"available_node_types.{name}.node_config.machineType: missing "
                           "(e.g. n2-standard-4)")
