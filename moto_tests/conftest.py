@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from urllib.parse import urlparse
 
 import pytest
@@ -47,3 +48,25 @@ def ec2(aws_env):
         client = boto3.client("ec2", region_name=REGION)
         client.image_id = client.register_image(Name="test-ami", Architecture="x86_64")["ImageId"]
         yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def moto_server():
+    """moto in server mode on 127.0.0.1, for processes (the `cluster` CLI, a head) to reach."""
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{server._port}"
+    assert_loopback_url(url)
+    # moto's state lives in this process, shared with earlier servers and mocks: start empty
+    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+    yield url
+    server.stop()

@@ -31,7 +31,8 @@ CASES = {
     "unknown-instance-type": (lambda ec2: {"head": _node(ec2, InstanceType="zz.huge")},
                               InvalidNodeConfig, "InvalidInstanceType"),
     "missing-ami": (lambda ec2: {"head": _node(ec2, ImageId="ami-0123456789abcdef0")},
-                    InvalidNodeConfig, "available_node_types.head.node_config.ImageId: InvalidAMIID"),
+                    InvalidNodeConfig,
+                    "available_node_types.head.node_config.ImageId (DescribeImages): InvalidAMIID"),
     "no-default-ami": (lambda ec2: {"head": {"node_config": {"InstanceType": "m5.large"}}},
                        InvalidNodeConfig, "ImageId: missing"),
     "subnets-in-two-vpcs": (lambda ec2: {"head": _node(ec2, SubnetIds=[

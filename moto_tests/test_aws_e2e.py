@@ -9,38 +9,16 @@ AWS_ENDPOINT_URL its start command exports (containers share the host's network)
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import boto3
 import pytest
-import requests
 import yaml
 
-from moto_tests.conftest import REGION, SAFE_ENV, assert_loopback_url
+from moto_tests.conftest import REGION, SAFE_ENV
 from tests.harness import cloud_e2e
 from tests.harness.containers import containers, ssh_key  # noqa: F401
 from tests.harness.instances import wait_until, watching
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def moto_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{server._port}"
-    assert_loopback_url(url)
-    # moto's state lives in this process, shared with earlier servers and mocks: start empty
-    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
-    yield url
-    server.stop()
 
 
 @pytest.fixture
@@ -130,7 +108,8 @@ def test_cluster_up_with_missing_ami_fails_in_one_line_and_creates_nothing(aws, 
     path.write_text(yaml.safe_dump(config))
     up = cluster_cli("up", "-y")
     assert up.returncode != 0 and len(up.stderr.strip().splitlines()) == 1, up.stderr
-    assert "available_node_types.gpu.node_config.ImageId: InvalidAMIID.NotFound" in up.stderr
+    assert "available_node_types.gpu.node_config.ImageId (DescribeImages): " \
+           "InvalidAMIID.NotFound" in up.stderr
     assert client.describe_instances()["Reservations"] == []
     assert all(g["GroupName"] == "default"
                for g in client.describe_security_groups()["SecurityGroups"])

@@ -1,8 +1,9 @@
 """The `aws` provider: EC2 instances, their state in EC2 tags (launcher.tags).
 
 - node_config is passed to RunInstances as given (InstanceType, ImageId, SecurityGroupIds,
-  IamInstanceProfile, BlockDeviceMappings, KeyName, InstanceMarketOptions, ...), except SubnetIds:
-  the subnets are tried in order, the next one after a capacity error.
+  IamInstanceProfile, BlockDeviceMappings, KeyName, InstanceMarketOptions, LaunchTemplate,
+  NetworkInterfaces, ...), except SubnetIds: the subnets are tried in order, the next one after a
+  capacity error. Every boto3/botocore error is raised as a typed one-line error (aws_call).
 - Nodes are the cluster's pending and running instances, found by the cluster-name tag.
 - provider.cache_stopped_nodes: terminate stops on-demand instances; create restarts stopped ones of
   the same type and launch hash before launching new ones. Spot instances are always terminated.
@@ -138,12 +139,11 @@ class AWSNodeProvider(NodeProvider):
                  for k in (T.TAG_NODE_TYPE, T.TAG_NODE_KIND, T.TAG_LAUNCH_HASH) if k in tags]
         stopped = sorted(i["InstanceId"] for i in self._describe(match, states=["stopped"]))[:count]
         if stopped:
-            self._call("start_instances", "restarting stopped instances", InstanceIds=stopped)
-            self._call("create_tags", "tagging restarted instances", Resources=stopped,
-                       Tags=_tag_list(tags))
+            what = f"node type {tags[T.TAG_NODE_TYPE]}: restarting stopped instances"
+            self._call("start_instances", what, InstanceIds=stopped)
+            self._call("create_tags", what, Resources=stopped, Tags=_tag_list(tags))
             # the disk kept what setup installed, but nothing runs after a boot: start again
-            self._call("delete_tags", "tagging restarted instances", Resources=stopped,
-                       Tags=[{"Key": T.TAG_START_HASH}])
+            self._call("delete_tags", what, Resources=stopped, Tags=[{"Key": T.TAG_START_HASH}])
             with self._lock:
                 for node_id in stopped:
                     self._instances.pop(node_id, None)
@@ -160,7 +160,9 @@ class AWSNodeProvider(NodeProvider):
         params["TagSpecifications"] = [s for s in specs if s.get("ResourceType") != "instance"] + [{
             "ResourceType": "instance",
             "Tags": user + _tag_list({"Name": name, **tags})}]  # one entry per resource type
-        failures, what = [], f"launching {count} x {params.get('InstanceType')}"
+        failures = []
+        what = f"node type {tags[T.TAG_NODE_TYPE]}: launching {count}" + \
+            (f" x {params['InstanceType']}" if params.get("InstanceType") else "")
         for subnet in subnets:
             subnet_params = {**params, "SubnetId": subnet} if subnet else params
             try:

@@ -2,8 +2,10 @@
 the head's IAM role. Returns a config whose node types carry everything RunInstances needs and the
 resources the planner packs onto.
 
-Order matters: everything that only reads (catalog, AMIs, subnets) runs first, so bad input (an
-unknown instance type, a missing AMI, a subnet of another VPC) fails before anything is created.
+Order matters: everything that only reads (launch templates, catalog, AMIs, subnets) runs first, so
+bad input (an unknown instance type or launch template, a missing AMI, a subnet of another VPC)
+fails before anything is created. A node type's launch template counts as part of its node_config:
+what either sets is not filled in (EC2 merges the two at launch, node_config winning).
 What is created is named after the cluster or the region and reused on the next `cluster up`:
 the security group `cluster-launcher-<cluster>` (tagged cluster-name), the key pair
 `cluster-launcher_<region>` (or one imported from auth.ssh_private_key), the IAM role and instance
@@ -19,12 +21,13 @@ from typing import Callable, Mapping
 
 from launcher import tags as T
 from launcher.errors import AuthError, ConfigError, InvalidNodeConfig, ProviderError
-from launcher.providers.aws_catalog import aws_call, catalog, classify, ec2_client
+from launcher.providers.aws_catalog import aws_call, catalog, ec2_client
 
 KEY_DIR = "~/.cluster-launcher/keys"
 HEAD_ROLE = "cluster-launcher-head-v1"
 # The newest image whose name matches, owned by Amazon: the DL AMI with NVIDIA drivers and CUDA.
 DEFAULT_AMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+LATEST_DLAMI = "latest_dlami"  # Ray's ImageId for that image: resolved like a missing ImageId
 ASSUME_EC2 = {"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 HEAD_POLICY = {"Version": "2012-10-17", "Statement": [
@@ -36,61 +39,114 @@ def bootstrap(config, echo: Callable[[str], None]):
     """See the module docstring."""
     provider = config.provider
     ec2 = ec2_client(provider["region"])
-    types = dict(config.node_types)
-    detected = _detect_resources(ec2, types)
-    image = _default_image(ec2, provider, types, echo)
-    vpc, subnets = _subnets(ec2, provider, types)
-    group = _security_group(ec2, config.cluster_name, provider, vpc, types, echo)
+    types = {name: dataclasses.replace(spec, node_config=_normalized(name, spec.node_config))
+             for name, spec in config.node_types.items()}
+    given = {name: {**_template_data(ec2, name, spec.node_config), **spec.node_config}
+             for name, spec in types.items()}
+    detected = _detect_resources(ec2, given)
+    image = _default_image(ec2, provider, given, echo)
+    vpc, subnets = _subnets(ec2, provider, given)
+    group = _security_group(ec2, config.cluster_name, provider, vpc, echo)
     key_name, auth = _key_pair(ec2, provider, dict(config.auth), echo)
-    profile = _head_profile(provider, types[config.head_node_type], echo)
+    profile = _head_profile(provider, given[config.head_node_type], echo)
     for name, spec in types.items():
-        node_config = dict(spec.node_config)
-        node_config.setdefault("ImageId", image)
-        node_config.setdefault("SubnetIds", subnets)
-        node_config.setdefault("SecurityGroupIds", [group])
-        node_config.setdefault("KeyName", key_name)
+        defaults = {"KeyName": key_name}
+        if not given[name].get("NetworkInterfaces"):  # else subnets and groups are theirs
+            defaults.update(SubnetIds=subnets, SecurityGroupIds=[group])
         if name == config.head_node_type and profile:
-            node_config.setdefault("IamInstanceProfile", {"Arn": profile})
+            defaults["IamInstanceProfile"] = {"Arn": profile}
+        node_config = dict(spec.node_config)
+        node_config.update({k: v for k, v in defaults.items() if k not in given[name]})
+        if _wants_dlami(given[name].get("ImageId")):  # missing, or latest_dlami
+            node_config["ImageId"] = image
+        if "TagSpecifications" not in node_config and "TagSpecifications" in given[name]:
+            # the provider adds the cluster's tags to node_config's, which would hide these
+            node_config["TagSpecifications"] = given[name]["TagSpecifications"]
         resources = {**detected[name], **spec.resources}  # the YAML's resources override
         types[name] = dataclasses.replace(spec, node_config=node_config, resources=resources)
     return dataclasses.replace(config, node_types=types, auth=auth)
 
 
-def _detect_resources(ec2, types: Mapping) -> dict[str, dict]:
-    for name, spec in types.items():
-        if not spec.node_config.get("InstanceType"):
+def _normalized(name: str, node_config: Mapping) -> dict:
+    """node_config with a launch template's Version as the string EC2 wants (Ray's YAML may say
+    `Version: 2`). With NetworkInterfaces, subnets and security groups belong in the interfaces
+    (SubnetId, Groups), as in Ray: EC2 refuses instance-level ones next to interfaces."""
+    node_config = dict(node_config)
+    template = node_config.get("LaunchTemplate", {})
+    interfaces = node_config.get("NetworkInterfaces", [])
+    if not isinstance(template, Mapping) or not isinstance(interfaces, list) or \
+            not all(isinstance(i, Mapping) for i in interfaces):
+        raise ConfigError(f"available_node_types.{name}.node_config: LaunchTemplate must be a "
+                          "mapping and NetworkInterfaces a list of mappings, as in RunInstances")
+    clash = [k for k in ("SubnetId", "SubnetIds", "SecurityGroupIds") if k in node_config]
+    if interfaces and clash:
+        raise ConfigError(f"available_node_types.{name}.node_config.{clash[0]}: not allowed with "
+                          "NetworkInterfaces; give SubnetId and Groups in each interface")
+    if "Version" in template:
+        node_config["LaunchTemplate"] = {**template, "Version": str(template["Version"])}
+    return node_config
+
+
+def _template_data(ec2, name: str, node_config: Mapping) -> dict:
+    """The LaunchTemplateData of node_config.LaunchTemplate ({LaunchTemplateId or
+    LaunchTemplateName, Version}; no Version: the template's default), {} without one. Reading it
+    here makes an unknown template or version one line before anything is created."""
+    template = node_config.get("LaunchTemplate")
+    if not template:
+        return {}
+    ref = {k: v for k, v in template.items() if k != "Version"}
+    found = aws_call(ec2.describe_launch_template_versions,
+                     f"available_node_types.{name}.node_config.LaunchTemplate",
+                     Versions=[template.get("Version", "$Default")], **ref)
+    return found["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+
+
+def _detect_resources(ec2, given: Mapping[str, Mapping]) -> dict[str, dict]:
+    for name, node_config in given.items():
+        if not node_config.get("InstanceType"):
             raise ConfigError(f"available_node_types.{name}.node_config.InstanceType: missing")
-    wanted = [spec.node_config["InstanceType"] for spec in types.values()]
+    wanted = [node_config["InstanceType"] for node_config in given.values()]
     found = catalog(ec2, wanted, "available_node_types.*.node_config.InstanceType")
-    return {name: found[spec.node_config["InstanceType"]] for name, spec in types.items()}
+    return {name: found[node_config["InstanceType"]] for name, node_config in given.items()}
 
 
-def _default_image(ec2, provider: Mapping, types: Mapping, echo) -> str | None:
-    """Check each configured ImageId exists; find the default AMI only if a type lacks one."""
-    for name, spec in types.items():
-        if spec.node_config.get("ImageId"):
+def _wants_dlami(image) -> bool:
+    return not image or str(image).lower() == LATEST_DLAMI
+
+
+def _default_image(ec2, provider: Mapping, given: Mapping[str, Mapping], echo) -> str | None:
+    """Check each configured ImageId exists; find the newest Amazon-owned AMI named like the Deep
+    Learning AMI (provider.default_ami_name) only if a type lacks an ImageId or asks for
+    latest_dlami. Looked up by name in the region, as Ray does, since AMI ids differ per region
+    and AWS publishes a new one every few weeks."""
+    wanted = [name for name, config in given.items() if _wants_dlami(config.get("ImageId"))]
+    for name, node_config in given.items():
+        if name not in wanted:
             aws_call(ec2.describe_images, f"available_node_types.{name}.node_config.ImageId",
-                     ImageIds=[spec.node_config["ImageId"]])
-    if all(spec.node_config.get("ImageId") for spec in types.values()):
+                     ImageIds=[node_config["ImageId"]])
+    if not wanted:
         return None
+    what = ", ".join(f"available_node_types.{name}.node_config.ImageId" for name in wanted)
     pattern = provider.get("default_ami_name", DEFAULT_AMI_NAME)
-    images = aws_call(ec2.describe_images, "default AMI lookup", Owners=["amazon"],
+    images = aws_call(ec2.describe_images, what, Owners=["amazon"],
                       Filters=[{"Name": "name", "Values": [pattern]},
                                {"Name": "state", "Values": ["available"]}])["Images"]
     if not images:
-        raise InvalidNodeConfig(f"available_node_types.*.node_config.ImageId: missing, and no AMI "
-                                f"named {pattern!r} in {provider['region']}; set ImageId")
+        asked = given[wanted[0]].get("ImageId") or "missing"
+        raise InvalidNodeConfig(f"{what}: {asked}, and no AMI owned by amazon named {pattern!r} "
+                                f"in {provider['region']}; set ImageId to an AMI id")
     newest = max(images, key=lambda image: image.get("CreationDate", ""))
-    echo(f"Using AMI {newest['ImageId']} ({newest.get('Name')})")
+    echo(f"Using AMI {newest['ImageId']} ({newest.get('Name')}) for {', '.join(wanted)}")
     return newest["ImageId"]
 
 
-def _subnets(ec2, provider: Mapping, types: Mapping) -> tuple[str, list[str]]:
+def _subnets(ec2, provider: Mapping, given: Mapping[str, Mapping]) -> tuple[str, list[str]]:
     """(VPC id, subnet ids): the configured subnets (all in one VPC), else the default VPC's subnets
     in provider.availability_zone (comma-separated; all zones when unset)."""
-    given = {s for spec in types.values() for s in _subnet_ids(spec.node_config)}
-    if given:
-        found = aws_call(ec2.describe_subnets, "node_config.SubnetIds", SubnetIds=sorted(given))
+    configured = {s for node_config in given.values() for s in _subnet_ids(node_config)}
+    if configured:
+        found = aws_call(ec2.describe_subnets, "node_config.SubnetIds",
+                         SubnetIds=sorted(configured))
         vpcs = {s["VpcId"] for s in found["Subnets"]}
         if len(vpcs) > 1:
             raise InvalidNodeConfig(f"node_config.SubnetIds: the subnets are in different VPCs "
@@ -107,8 +163,10 @@ def _subnets(ec2, provider: Mapping, types: Mapping) -> tuple[str, list[str]]:
 
 
 def _subnet_ids(node_config: Mapping) -> list[str]:
-    return list(node_config.get("SubnetIds", [])) + ([node_config["SubnetId"]]
-                                                     if node_config.get("SubnetId") else [])
+    """SubnetIds, SubnetId and the network interfaces' subnets: they all decide the VPC."""
+    single = [node_config.get("SubnetId")] + [i.get("SubnetId")
+                                              for i in node_config.get("NetworkInterfaces", [])]
+    return list(node_config.get("SubnetIds", [])) + [s for s in single if s]
 
 
 def _in_zones(subnets: list, provider: Mapping) -> list[str]:
@@ -120,7 +178,7 @@ def _in_zones(subnets: list, provider: Mapping) -> list[str]:
     return [s["SubnetId"] for s in chosen]
 
 
-def _security_group(ec2, cluster: str, provider: Mapping, vpc: str, types: Mapping, echo) -> str:
+def _security_group(ec2, cluster: str, provider: Mapping, vpc: str, echo) -> str:
     """The cluster's group: SSH from provider.ssh_cidr (default anywhere), all traffic inside."""
     name = f"cluster-launcher-{cluster}"
     found = aws_call(ec2.describe_security_groups, "security group lookup", Filters=[
@@ -200,33 +258,37 @@ def _key_exists(ec2, name: str) -> bool:
         raise
 
 
-def _head_profile(provider: Mapping, head, echo) -> str | None:
+def _head_profile(provider: Mapping, head: Mapping, echo) -> str | None:
     """The instance profile ARN that lets the head's autoscaler call EC2 (None: the head's
-    node_config names its own, or provider.head_iam_role is false)."""
-    if head.node_config.get("IamInstanceProfile") or provider.get("head_iam_role") is False:
+    node_config or launch template names its own, or provider.head_iam_role is false)."""
+    if head.get("IamInstanceProfile") or provider.get("head_iam_role") is False:
         return None
     iam = ec2_client(provider["region"], "iam")
+    what = f"IAM role {HEAD_ROLE}"
     try:
-        return iam.get_instance_profile(InstanceProfileName=HEAD_ROLE)["InstanceProfile"]["Arn"]
-    except iam.exceptions.NoSuchEntityException:
-        pass
-    except Exception as exc:  # classified below; an account without IAM rights gets one line
-        _raise_iam(exc)
-    echo(f"Creating IAM role and instance profile {HEAD_ROLE} for the head's autoscaler")
-    try:
-        iam.create_role(RoleName=HEAD_ROLE, AssumeRolePolicyDocument=json.dumps(ASSUME_EC2))
-        iam.put_role_policy(RoleName=HEAD_ROLE, PolicyName="cluster-launcher-autoscaler",
-                            PolicyDocument=json.dumps(HEAD_POLICY))
-        profile = iam.create_instance_profile(InstanceProfileName=HEAD_ROLE)["InstanceProfile"]
-        iam.add_role_to_instance_profile(InstanceProfileName=HEAD_ROLE, RoleName=HEAD_ROLE)
-    except Exception as exc:
-        _raise_iam(exc)
-    return profile["Arn"]
-
-
-def _raise_iam(exc: Exception):
-    error = classify(exc, f"IAM role {HEAD_ROLE}")
-    if isinstance(error, AuthError):
-        raise AuthError(f"{error}; set provider.head_iam_role: false and give the head's "
+        arn = _profile_arn(iam, what)
+        if arn:
+            return arn
+        echo(f"Creating IAM role and instance profile {HEAD_ROLE} for the head's autoscaler")
+        aws_call(iam.create_role, what, RoleName=HEAD_ROLE,
+                 AssumeRolePolicyDocument=json.dumps(ASSUME_EC2))
+        aws_call(iam.put_role_policy, what, RoleName=HEAD_ROLE,
+                 PolicyName="cluster-launcher-autoscaler", PolicyDocument=json.dumps(HEAD_POLICY))
+        profile = aws_call(iam.create_instance_profile, what,
+                           InstanceProfileName=HEAD_ROLE)["InstanceProfile"]
+        aws_call(iam.add_role_to_instance_profile, what, InstanceProfileName=HEAD_ROLE,
+                 RoleName=HEAD_ROLE)
+        return profile["Arn"]
+    except AuthError as exc:  # an account without IAM rights can still run a cluster
+        raise AuthError(f"{exc}; set provider.head_iam_role: false and give the head's "
                         "node_config an IamInstanceProfile") from None
-    raise error if isinstance(error, ProviderError) else exc
+
+
+def _profile_arn(iam, what: str) -> str | None:
+    try:
+        return aws_call(iam.get_instance_profile, what,
+                        InstanceProfileName=HEAD_ROLE)["InstanceProfile"]["Arn"]
+    except ProviderError as exc:
+        if "NoSuchEntity" in str(exc):
+            return None
+        raise
