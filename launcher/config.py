@@ -2,28 +2,25 @@
 
 Dicts end here: the rest of the code base reads typed fields. Every problem is one ConfigError line,
 `<file>: <key.path>: <what is wrong and what is expected>`, so a typo in a long YAML is found
-without reading a traceback. Validation runs on the user's own keys (the JSON Schema in
+without reading a traceback (launcher/config_check.py words them). Ray's keys are read as ours
+first (launcher/ray_config.py); validation runs on the user's own keys (the JSON Schema in
 config_schema.json), then defaults are merged, then the checks a schema cannot express run.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import json
 import math
 import os
-import re
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Any, Mapping, NoReturn, Optional, Sequence
+from typing import Any, Mapping, Optional
 
-import jsonschema
 import yaml
 
 from launcher import cloud_profiles, ray_config
-from launcher.errors import ConfigError
+from launcher.config_check import check_keys, did_you_mean, fail, validate
 
 _PACKAGE_DIR = Path(__file__).parent
 
@@ -38,9 +35,6 @@ COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_command
 # instead, but a local process group has no catalog to detect from.
 _DEFAULT_RESOURCES = {"local": {"CPU": 1}}
 _COUNTED_RESOURCES = ("CPU", "GPU")  # whole units: a node cannot offer half a core or half a GPU
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string",
-               "integer": "an integer", "number": "a number", "boolean": "true or false"}
 
 
 @dataclass(frozen=True)
@@ -127,11 +121,11 @@ def _read(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        _fail(path, (), "no such file")
+        fail(path, (), "no such file")
     except UnicodeDecodeError:
-        _fail(path, (), "cannot read: not UTF-8 text")
+        fail(path, (), "cannot read: not UTF-8 text")
     except OSError as e:
-        _fail(path, (), f"cannot read: {e.strerror}")
+        fail(path, (), f"cannot read: {e.strerror}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -156,20 +150,20 @@ def _parse_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        _fail(source, (), f"{where}invalid YAML: {e.problem or e.context}")
+        fail(source, (), f"{where}invalid YAML: {e.problem or e.context}")
     except yaml.reader.ReaderError as e:  # a forbidden character, reported by offset
         before = text[: e.position]
         where = f"line {before.count(chr(10)) + 1}, column {len(before) - before.rfind(chr(10))}"
-        _fail(source, (), f"{where}: invalid YAML: {e.reason}: {chr(e.character)!r}")
+        fail(source, (), f"{where}: invalid YAML: {e.reason}: {chr(e.character)!r}")
 
 
 def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
     if not isinstance(data, dict):
-        _fail(source, (), "expected a mapping of config keys at the top level")
-    _check_keys(data, [], source)
-    translated = ray_config.translate(data, lambda path, message: _fail(source, path, message))
+        fail(source, (), "expected a mapping of config keys at the top level")
+    check_keys(data, [], source)
+    translated = ray_config.translate(data, lambda path, message: fail(source, path, message))
     data = translated.data
-    _validate(data, source)
+    validate(data, source)
     merged = _merge_defaults(data)
     _fill_from_cloud_profiles(merged["provider"], source)
     if translated.default_min_workers is not None:
@@ -230,13 +224,13 @@ def _node_types(merged: dict, source: str) -> dict[str, NodeTypeConfig]:
     if not types:
         has_none = not _defaults(provider_type)["available_node_types"]
         note = f" (provider type {provider_type!r} has no default node types)" if has_none else ""
-        _fail(source, ["available_node_types"], f"expected at least one node type, got none{note}")
+        fail(source, ["available_node_types"], f"expected at least one node type, got none{note}")
     expected = f"expected the head's node type, one of: {', '.join(map(str, types))}"
     if head is None:
-        _fail(source, ["head_node_type"], f"missing; {expected}")
+        fail(source, ["head_node_type"], f"missing; {expected}")
     if head not in types:
-        _fail(source, ["head_node_type"],
-              f"{head!r} is not a node type; {expected}{_did_you_mean(head, types)}")
+        fail(source, ["head_node_type"],
+              f"{head!r} is not a node type; {expected}{did_you_mean(head, types)}")
     return {name: _node_type(name, spec, name == head, merged, provider_type, source)
             for name, spec in types.items()}
 
@@ -266,7 +260,7 @@ def _fill_from_cloud_profiles(provider: dict, source: str) -> None:
             ("gcp", "project_id", cloud_profiles.gcp_project,
              "gcloud has no default project (`gcloud config set project ID`)")):
         if provider["type"] == cloud and not provider.get(key):
-            provider[key] = found() or _fail(source, ["provider", key], f"missing, and {hint}")
+            provider[key] = found() or fail(source, ["provider", key], f"missing, and {hint}")
 
 
 def _check_ssh_auth(provider_type: str, auth: Mapping, source: str) -> None:
@@ -276,14 +270,14 @@ def _check_ssh_auth(provider_type: str, auth: Mapping, source: str) -> None:
     for key, expected in (("ssh_user", "the login user on your hosts, e.g. ubuntu"),
                           ("ssh_private_key", "the path of the private key that logs in to them")):
         if not auth.get(key):
-            _fail(source, ["auth", key], f"missing; provider type 'ssh' requires it ({expected})")
+            fail(source, ["auth", key], f"missing; provider type 'ssh' requires it ({expected})")
 
 
 def _check_resource(path: list, amount: float, source: str) -> None:
     if not math.isfinite(amount):
-        _fail(source, path, f"expected a finite non-negative number, got {amount!r}")
+        fail(source, path, f"expected a finite non-negative number, got {amount!r}")
     if path[-1] in _COUNTED_RESOURCES and amount != int(amount):
-        _fail(source, path, f"expected a whole number ({path[-1]} counts whole units), "
+        fail(source, path, f"expected a whole number ({path[-1]} counts whole units), "
               f"got {amount!r}")
 
 
@@ -292,13 +286,13 @@ def _check_worker_counts(max_workers: int, node_types: Mapping, head: str, sourc
     workers = [t for name, t in node_types.items() if name != head]
     for t in workers:
         if t.min_workers > t.max_workers:
-            _fail(source, ["available_node_types", t.name, "min_workers"],
+            fail(source, ["available_node_types", t.name, "min_workers"],
                   f"{t.min_workers} is more than this type's max_workers {t.max_workers}; "
                   f"expected at most {t.max_workers}")
     total = sum(t.min_workers for t in workers)
     if total > max_workers:
         parts = ", ".join(f"{t.name}={t.min_workers}" for t in workers if t.min_workers)
-        _fail(source, ["max_workers"], f"{max_workers} is less than the sum of the worker types' "
+        fail(source, ["max_workers"], f"{max_workers} is less than the sum of the worker types' "
               f"min_workers ({total}: {parts}); expected max_workers >= {total}")
 
 
@@ -308,111 +302,10 @@ def _resolve_mounts(mounts: Mapping[str, str], base_dir: Path, source: str) -> d
     for remote, local in mounts.items():
         path = os.path.normpath(base_dir / os.path.expanduser(local))
         if not os.path.exists(path):
-            _fail(source, ["file_mounts", remote],
+            fail(source, ["file_mounts", remote],
                   f"local path {local!r} does not exist (looked for {path})")
         resolved[remote] = path
     return resolved
-
-
-def _check_keys(value: Any, path: list, source: str) -> None:
-    """Mapping keys must be strings (YAML reads `1:` or `yes:` as a number or a boolean)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                _fail(source, path + [str(key)], f"expected a string key, got {key!r}; quote it")
-            _check_keys(item, path + [key], source)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_keys(item, path + [index], source)
-
-
-@cache
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((_PACKAGE_DIR / "config_schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
-
-
-def _validate(data: dict, source: str) -> None:
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
-    if error is not None:
-        _fail(source, *_explain(error))
-
-
-def _explain(error: jsonschema.ValidationError) -> tuple[list, str]:
-    """A jsonschema error as (key path, what is wrong and what is expected)."""
-    path, instance, schema = list(error.absolute_path), error.instance, error.schema
-    if error.validator == "required":
-        missing = next(key for key in error.validator_value if key not in instance)
-        return path + [missing], _missing_message(error, missing)
-    if error.validator == "additionalProperties":
-        known = schema.get("properties", {})
-        unknown = next(key for key in instance if key not in known)
-        hint = _did_you_mean(unknown, known) or f"; expected one of: {', '.join(known)}"
-        return path + [unknown], f"unknown key{hint}"
-    message = f"expected {_describe(schema)}, got {_show(instance)}"
-    if error.validator == "enum":
-        message += _did_you_mean(instance, schema["enum"])
-    return path, message
-
-
-def _missing_message(error: jsonschema.ValidationError, key: str) -> str:
-    if "then" in error.schema_path:  # a provider-specific requirement
-        return f"missing; provider type {error.instance.get('type')!r} requires it"
-    key_schema = error.schema.get("properties", {}).get(key, {})
-    return f"missing required key; expected {_describe(key_schema)}"
-
-
-def _describe(schema: Mapping) -> str:
-    """What a value of `schema` should be, in words."""
-    if "x-expected" in schema:
-        return schema["x-expected"]
-    if "enum" in schema:
-        return "one of " + ", ".join(map(repr, schema["enum"]))
-    kind = schema.get("type")
-    if schema.get("minimum") == 0:
-        return f"a non-negative {kind}"
-    if schema.get("exclusiveMinimum") == 0:
-        return f"a positive {kind}"
-    return _TYPE_NAMES.get(kind, "a valid value")
-
-
-_OPPOSITES = (("min", "max"), ("head", "worker"))
-
-
-def _did_you_mean(word: Any, choices) -> str:
-    """A close match, never one of opposite meaning (min_workers for max_workers...)."""
-    word = str(word)
-    flipped = [word.replace(a, b) for a, b in _OPPOSITES + tuple(p[::-1] for p in _OPPOSITES)
-               if a in word]
-    close = [c for c in difflib.get_close_matches(word, [str(c) for c in choices], n=3)
-             if not any(c.startswith(f) or f.startswith(c) for f in flipped)]
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """A value as the user wrote it, shortened; an empty YAML value is None, say so."""
-    if value is None:
-        return "an empty value"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _key_path(parts: Sequence) -> str:
-    """`a.b[2]."/remote/path"`: list indices in brackets, unusual keys quoted."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = str(part)
-            text = text if _PLAIN_KEY.fullmatch(text) else json.dumps(text, ensure_ascii=False)
-            out += f".{text}" if out else text
-    return out
-
-
-def _fail(source: str, path: Sequence, message: str) -> NoReturn:
-    line = f"{source}: {_key_path(path)}: {message}" if path else f"{source}: {message}"
-    raise ConfigError(" ".join(line.splitlines()))
 
 
 def _to_raw(config: ClusterConfig) -> dict:
