@@ -37,6 +37,7 @@ LOCATIONS = {"eastus": ["1", "2", "3"], "westus2": ["1", "2", "3"]}
 # name: (vCPUs, memory GB, GPUs)
 SIZES = {
     "Standard_D2s_v5": (2, 8, 0), "Standard_D4s_v5": (4, 16, 0), "Standard_D8s_v5": (8, 32, 0),
+    "Standard_D2s_v3": (2, 8, 0),  # Ray's default node types
     "Standard_NC4as_T4_v3": (4, 28, 1), "Standard_NC64as_T4_v3": (64, 440, 4),
     "Standard_NC6s_v3": (6, 112, 1), "Standard_NC24ads_A100_v4": (24, 220, 1),
     "Standard_NV36ads_A10_v5": (36, 440, 1), "Standard_ND96asr_v4": (96, 900, 8),

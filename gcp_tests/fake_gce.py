@@ -38,10 +38,12 @@ SERVICE_ACCOUNT = "head@launcher-tests.internal"
 UNIVERSE = "launcher-tests.internal"
 LINK = "https://www.googleapis.com/compute/v1/projects"  # self links name the real API, as GCE does
 ZONES = {"us-central1": ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"],
-         "europe-west4": ["europe-west4-a", "europe-west4-b", "europe-west4-c"]}
+         "europe-west4": ["europe-west4-a", "europe-west4-b", "europe-west4-c"],
+         "us-west1": ["us-west1-a", "us-west1-b", "us-west1-c"]}  # Ray's examples' region
 # name -> (vCPUs, memory MB, built-in GPUs)
 MACHINE_TYPES = {
     "e2-standard-2": (2, 8192, None), "n2-standard-2": (2, 8192, None),
+    "n1-standard-2": (2, 7680, None),  # Ray's default node types
     "n2-standard-4": (4, 16384, None), "n2-standard-8": (8, 32768, None),
     "n1-standard-4": (4, 15360, None), "n1-standard-8": (8, 30720, None),
     "n1-standard-16": (16, 61440, None),
@@ -61,9 +63,10 @@ ACCELERATORS = {
 }
 IMAGE_FAMILIES = {("deeplearning-platform-release", "common-cu128-ubuntu-2204-nvidia-570"),
                   ("debian-cloud", "debian-12"), ("ubuntu-os-cloud", "ubuntu-2204-lts")}
-IMAGES = {("debian-cloud", "debian-12-bookworm-v20250101")}
+IMAGES = {("debian-cloud", "debian-12-bookworm-v20250101"),
+          ("deeplearning-platform-release", "common-cpu-v20240922")}  # Ray's gcp-example-full
 NETWORKS = {"default"}
-SUBNETWORKS = {("us-central1", "default"), ("europe-west4", "default")}
+SUBNETWORKS = {("us-central1", "default"), ("europe-west4", "default"), ("us-west1", "default")}
 LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")

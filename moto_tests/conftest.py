@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from datetime import datetime
+from typing import Optional
 from urllib.parse import urlparse
 
 import pytest
@@ -23,6 +25,7 @@ SAFE_ENV = {
     "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/creds",
     "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
 }
+DLAMI = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) {}"
 
 
 def assert_loopback_url(url: str) -> None:
@@ -70,3 +73,32 @@ def moto_server():
     requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
     yield url
     server.stop()
+
+
+def amazon_image(ec2, name: str, created: datetime, region: str = REGION) -> str:
+    """An image as AWS publishes it. moto's own catalogue has nothing named like today's DLAMI
+    (its two "Deep Learning AMI ..." images are from 2017, and these tests load none), and
+    register_image makes the test account the owner: owner and date are set on moto's record
+    (moto's state lives in this process, in server mode too)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    image_id = ec2.register_image(Name=name, Architecture="x86_64")["ImageId"]
+    image = ec2_backends[DEFAULT_ACCOUNT_ID][region].amis[image_id]
+    image.owner_alias, image.creation_date = "amazon", created
+    return image_id
+
+
+def instance_ips(client) -> dict[str, Optional[str]]:
+    """Instance id -> private IP of every pending or running instance (for InstanceWatcher)."""
+    return {i["InstanceId"]: i.get("PrivateIpAddress")
+            for r in client.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] in ("pending", "running")}
+
+
+def live_tags(client) -> dict[str, dict]:
+    """Instance id -> tags of every pending or running instance."""
+    return {i["InstanceId"]: {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            for r in client.describe_instances(Filters=[{"Name": "instance-state-name",
+                                                         "Values": ["pending", "running"]}])
+            ["Reservations"] for i in r["Instances"]}

@@ -15,7 +15,7 @@ import boto3
 import pytest
 import yaml
 
-from moto_tests.conftest import REGION, SAFE_ENV
+from moto_tests.conftest import REGION, SAFE_ENV, instance_ips, live_tags
 from tests.harness import cloud_e2e
 from tests.harness.containers import containers, ssh_key  # noqa: F401
 from tests.harness.instances import wait_until, watching
@@ -30,19 +30,6 @@ def aws(moto_server, monkeypatch):
                                   AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
     image = client.register_image(Name="dl-ami-stand-in", Architecture="x86_64")["ImageId"]
     return client, subnet, image
-
-
-def _instance_ips(client) -> dict:
-    return {i["InstanceId"]: i.get("PrivateIpAddress")
-            for r in client.describe_instances()["Reservations"] for i in r["Instances"]
-            if i["State"]["Name"] in ("pending", "running")}
-
-
-def _live(client) -> dict:
-    return {i["InstanceId"]: {t["Key"]: t["Value"] for t in i.get("Tags", [])}
-            for r in client.describe_instances(Filters=[{"Name": "instance-state-name",
-                                                         "Values": ["pending", "running"]}])
-            ["Reservations"] for i in r["Instances"]}
 
 
 def _config(tmp_path, endpoint, subnet, image, key_path) -> Path:
@@ -60,7 +47,7 @@ def _config(tmp_path, endpoint, subnet, image, key_path) -> Path:
 
 
 def _kinds(client) -> list[tuple[str, str]]:
-    return sorted((t["node-kind"], t["node-type"]) for t in _live(client).values())
+    return sorted((t["node-kind"], t["node-type"]) for t in live_tags(client).values())
 
 
 @pytest.fixture
@@ -68,13 +55,13 @@ def cluster_cli(aws, tmp_path, ssh_key, moto_server):  # noqa: F811
     client, subnet, image = aws
     cli = cloud_e2e.cluster_cli(_config(tmp_path, moto_server, subnet, image, ssh_key[0]), tmp_path)
     yield cli
-    if _live(client):
+    if live_tags(client):
         cli("down", "-y")
 
 
 @pytest.fixture
 def watcher(aws, containers):  # noqa: F811
-    with watching(lambda: _instance_ips(aws[0]), containers) as watcher:
+    with watching(lambda: instance_ips(aws[0]), containers) as watcher:
         yield watcher
 
 
@@ -82,7 +69,7 @@ def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
         aws, cluster_cli, watcher, tmp_path):
     client = aws[0]
     cloud_e2e.up_twice(cluster_cli)
-    [(head, tags)] = _live(client).items()
+    [(head, tags)] = live_tags(client).items()
     assert tags["node-kind"] == "head" and tags["node-status"] == "up-to-date"
     instance = client.describe_instances(InstanceIds=[head])["Reservations"][0]["Instances"][0]
     assert instance["IamInstanceProfile"]["Arn"].endswith("cluster-launcher-head-v1")
@@ -97,7 +84,7 @@ def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
     wait_until(lambda: _kinds(client) == [("head", "head")], 120, "idle GPU workers to be terminated")
     down = cluster_cli("down", "-y")
     assert down.returncode == 0, down.stderr
-    assert _live(client) == {}
+    assert live_tags(client) == {}
 
 
 def test_cluster_up_with_missing_ami_fails_in_one_line_and_creates_nothing(aws, cluster_cli, tmp_path):

@@ -22,26 +22,12 @@ from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredent
                                  PaginationError, ParamValidationError, ProfileNotFound,
                                  ReadTimeoutError, WaiterError)
 from botocore.parsers import ResponseParserError
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
 
 from launcher.errors import (AuthError, ConfigError, InvalidNodeConfig, ProviderError,
                              TransientError)
 from launcher.providers.aws_catalog import ec2_client
-from moto_tests.conftest import REGION, assert_loopback_url
+from moto_tests.conftest import DLAMI, REGION, amazon_image, assert_loopback_url
 from moto_tests.test_aws_provider import bootstrapped, worker_tags
-
-DLAMI = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) {}"
-
-
-def amazon_image(ec2, name: str, created: datetime) -> str:
-    """An image as AWS publishes it. moto's own catalogue has nothing named like today's DLAMI
-    (its two "Deep Learning AMI ..." images are from 2017, and these tests load none), and
-    register_image makes the test account the owner: owner and date are set on moto's record."""
-    image_id = ec2.register_image(Name=name, Architecture="x86_64")["ImageId"]
-    image = ec2_backends[DEFAULT_ACCOUNT_ID][REGION].amis[image_id]
-    image.owner_alias, image.creation_date = "amazon", created
-    return image_id
 
 
 def _instance(ec2, node_id: str) -> dict:

@@ -3,10 +3,17 @@ and the CPU-then-GPU scenario that checks the autoscaler picks node types by dem
 
     cli = cluster_cli(config_path, tmp_path)          # cli("up", "-y"), cli("submit", path)
     run_cpu_then_gpu_work(cli, kinds, tmp_path)       # kinds() -> sorted (node-kind, node-type)
+
+and what the tests of Ray's own cluster YAMLs (../shared/ray-configs) share:
+
+    path = ray_yaml("aws-example-full.yaml", tmp_path, {"docker": {"image": DROP}, ...})
+    ran_on = run_on_every_node(cli, tmp_path)         # the node type of each node a task ran on
+    wait_for_autoscaler_tick(cli)                     # the head's autoscaler reached the cloud
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -18,11 +25,22 @@ import yaml
 
 CLUSTER = str(Path(sys.executable).parent / "cluster")
 REPO = Path(__file__).resolve().parents[2]
+RAY_CONFIGS = REPO.parent / "shared" / "ray-configs"
+DROP = object()  # an override's value that removes the key
 
 CPU_DRIVER = """import runtime as ray, os
 ray.init('auto')
 cpu = ray.remote(num_cpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
 print('cpu-on', sorted(set(ray.get([cpu.remote() for _ in range(2)]))))
+"""
+# One task pinned to each node the GCS knows: every node (workers too) runs work.
+NODES_DRIVER = """import runtime as ray, os
+from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init('auto')
+where = ray.remote(num_cpus=1)(lambda: os.environ['CLUSTER_NODE_TYPE'])
+pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n['NodeID'], soft=False))
+          for n in ray.nodes() if n['Alive']]
+print('ran-on', sorted(ray.get([f.remote() for f in pinned], timeout=120)))
 """
 GPU_DRIVER = """import runtime as ray, os
 ray.init('auto')
@@ -91,3 +109,45 @@ def run_cpu_then_gpu_work(cli, kinds: Callable[[], list], tmp_path: Path) -> Non
     assert kinds() == [("head", "head")]
     run = cli("submit", str(tmp_path / "gpu.py"))
     assert run.returncode == 0 and "gpu-on ['gpu']" in run.stdout, run.stdout + run.stderr
+
+
+def merged(base: dict, override: dict) -> dict:
+    """`override` merged into a copy of `base`: mappings key by key, anything else replaced; a
+    DROP value removes the key."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is DROP:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def ray_yaml(name: str, tmp_path: Path, overrides: dict) -> Path:
+    """Ray's own ../shared/ray-configs/<name> with `overrides` merged in (see merged), written to
+    tmp_path/<name>; returns its path."""
+    config = merged(yaml.safe_load((RAY_CONFIGS / name).read_text()), overrides)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_on_every_node(cli, tmp_path: Path) -> list[str]:
+    """Submit NODES_DRIVER: the sorted node types of the nodes where its tasks ran."""
+    (tmp_path / "nodes.py").write_text(NODES_DRIVER)
+    run = cli("submit", str(tmp_path / "nodes.py"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("ran-on ")]
+    return ast.literal_eval(line.removeprefix("ran-on "))
+
+
+def wait_for_autoscaler_tick(cli, timeout: float = 30) -> None:
+    """Until `cluster status` shows an autoscaler update: a tick lists the cloud's nodes first, and
+    only a tick that got through publishes its status, so the head's autoscaler reached the cloud
+    with its own credentials."""
+    deadline = time.monotonic() + timeout
+    while "Autoscaler: last update" not in cli("status").stdout:
+        assert time.monotonic() < deadline, "the head's autoscaler never completed a tick"
+        time.sleep(1)
