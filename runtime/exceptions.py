@@ -60,7 +60,8 @@ class RayTaskError(RayError):
                 not issubclass(cause_class, Exception):
             return self
         try:
-            error = _dual_class(cause_class).__new__(_dual_class(cause_class))
+            dual = _dual_class(cause_class)
+            error = dual.__new__(dual)
         except TypeError:  # e.g. a class with an incompatible layout, or a demanding __new__
             return self
         RayTaskError.__init__(error, self.function_name, self.traceback_str, self.cause,

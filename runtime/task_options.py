@@ -123,8 +123,7 @@ def runtime_env_json(options: Mapping, what: str) -> str:
     own = options.get("runtime_env")
     if own is None:
         return inherited
-    client_state.check_runtime_env(own, what)
-    parent = json.loads(inherited) if inherited else {}
+    parent = json.loads(inherited) if inherited else {}  # (`own` was checked with the options)
     merged = {**parent, **own}
     if "env_vars" in parent or "env_vars" in own:
         merged["env_vars"] = {**parent.get("env_vars", {}), **(own.get("env_vars") or {})}

@@ -50,6 +50,23 @@ def free_port(ip: str) -> int:
         return s.getsockname()[1]
 
 
+def clear_cluster_env(mp: pytest.MonkeyPatch) -> None:
+    """No inherited cluster: drop every CLUSTER_ variable of this process's environment."""
+    for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
+        mp.delenv(key)
+
+
+@contextlib.contextmanager
+def module_two_node_cluster(tmp_path_factory, head_ip: str, worker_ip: str,
+                            head_resources: dict) -> Iterator[tuple]:
+    """two_node_cluster for a module-scoped fixture: its own home and environment."""
+    home = tmp_path_factory.mktemp("rt")
+    with pytest.MonkeyPatch.context() as mp:
+        clear_cluster_env(mp)
+        with two_node_cluster(mp, home, head_ip, worker_ip, head_resources) as nodes:
+            yield nodes
+
+
 @contextlib.contextmanager
 def two_node_cluster(mp: pytest.MonkeyPatch, home: Path, head_ip: str, worker_ip: str,
                      head_resources: dict) -> Iterator[tuple]:

@@ -17,7 +17,7 @@ from runtime import rpc
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.util.state import list_actors
-from tests.conftest import pid_alive, two_node_cluster, wait_for
+from tests.conftest import module_two_node_cluster, pid_alive, wait_for
 
 HEAD_IP, WORKER_IP = "127.0.3.11", "127.0.3.12"
 
@@ -25,12 +25,8 @@ HEAD_IP, WORKER_IP = "127.0.3.11", "127.0.3.12"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head with 2 CPUs and a worker with 2 CPUs and a resource only it has ("special")."""
-    home = tmp_path_factory.mktemp("rt")
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
-            mp.delenv(key)
-        with two_node_cluster(mp, home, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
-            yield nodes
+    with module_two_node_cluster(tmp_path_factory, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
+        yield nodes
 
 
 @ray.remote

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from runtime import node
-from tests.conftest import free_port, pid_alive
+from tests.conftest import clear_cluster_env, free_port, pid_alive
 
 HEAD_IP, WORKER_IP = "127.0.8.1", "127.0.8.2"
 CPUS_PER_NODE = 2
@@ -35,8 +35,7 @@ def program_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("ray-compat")
     pids: list[int] = []
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
-            mp.delenv(key)
+        clear_cluster_env(mp)
         try:
             mp.setenv("CLUSTER_RUNTIME_DIR", str(home / "head"))
             head = node.start_head(free_port(HEAD_IP), {"CPU": CPUS_PER_NODE, "memory": 2 * GiB},

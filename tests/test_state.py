@@ -10,7 +10,7 @@ import pytest
 import runtime as ray
 from runtime import node
 from runtime.util import state
-from tests.conftest import CLUSTER, free_port, wait_for
+from tests.conftest import CLUSTER, clear_cluster_env, free_port, wait_for
 
 IP = "127.0.6.1"
 
@@ -19,8 +19,7 @@ IP = "127.0.6.1"
 def cluster(tmp_path_factory):
     """A one-node cluster started as `cluster start --head` would, so `cluster list` finds it."""
     with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
-            mp.delenv(key)
+        clear_cluster_env(mp)
         mp.setenv("CLUSTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("rt")))
         head = node.start_head(free_port(IP), {"CPU": 2}, ip=IP, node_id="head")
         try:

@@ -13,7 +13,7 @@ import pytest
 
 from runtime.exceptions import RayActorError
 from runtime.util.multiprocessing import Pool, TimeoutError
-from tests.conftest import two_node_cluster
+from tests.conftest import module_two_node_cluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
 HEAD_IP, WORKER_IP = "127.0.12.1", "127.0.12.2"
@@ -22,12 +22,8 @@ CLUSTER_CPUS = 4  # the head's 2 and the worker's 2
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rt")
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
-            mp.delenv(key)
-        with two_node_cluster(mp, home, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
-            yield nodes
+    with module_two_node_cluster(tmp_path_factory, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
+        yield nodes
 
 
 @pytest.fixture

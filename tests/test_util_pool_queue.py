@@ -5,7 +5,6 @@ the worker alone has the resource "special", so a queue can be put there with ac
 from __future__ import annotations
 
 import asyncio
-import os
 import queue as std_queue
 import time
 
@@ -14,19 +13,15 @@ import pytest
 import runtime as ray
 from runtime.util import ActorPool
 from runtime.util.queue import Empty, Full, Queue
-from tests.conftest import two_node_cluster
+from tests.conftest import module_two_node_cluster
 
 HEAD_IP, WORKER_IP = "127.0.6.1", "127.0.6.2"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rt")
-    with pytest.MonkeyPatch.context() as mp:
-        for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
-            mp.delenv(key)
-        with two_node_cluster(mp, home, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
-            yield nodes
+    with module_two_node_cluster(tmp_path_factory, HEAD_IP, WORKER_IP, {"CPU": 2}) as nodes:
+        yield nodes
 
 
 @ray.remote
