@@ -2,6 +2,7 @@
 
 Started by `cluster start --head --autoscaling-config FILE`. Runs the reconciler every
 `autoscaler_update_interval_s`; one failed tick is logged and the next one tries again.
+A restarted monitor resumes from the nodes' tags and the status its predecessor published.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
-    from autoscaler.reconciler import Reconciler
+    from autoscaler.autoscaler import Autoscaler
     from launcher.config import load_config
     from launcher.providers import make_provider
     from runtime import rpc
@@ -33,7 +34,7 @@ def main() -> None:
 
     config = load_config(args.config)
     token = read_token()
-    reconciler = Reconciler(
+    autoscaler = Autoscaler(
         config,
         make_provider(config.provider, config.cluster_name, config.auth),
         pb_grpc.GcsStub(rpc.make_channel(args.gcs_address, token)),
@@ -48,7 +49,7 @@ def main() -> None:
     while True:
         started = time.monotonic()
         try:
-            reconciler.tick()
+            autoscaler.tick()
         except Exception:  # the top of the loop: log and try again next tick
             log.exception("autoscaler tick failed")
         time.sleep(max(0.0, config.autoscaler_update_interval_s - (time.monotonic() - started)))

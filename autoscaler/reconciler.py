@@ -1,276 +1,381 @@
-"""The autoscaler's loop body: read the provider and the GCS, ask the planner, act, publish status.
+"""The autoscaler's decisions as one pure step: `reconcile(observations, now) -> Decision`.
 
-All policy lives in autoscaler.planner (pure); this module only gathers the inputs and carries out
-the plan: creating nodes and setting them up in the background, terminating nodes, backing off node
-types whose launches fail.
+Observations are what the provider lists (each instance with its lifecycle from its tags), what the
+GCS reports (nodes alive and their use, nodes declared dead, queued demand) and what the actuators
+reported since the last step (launches, installs, drains, terminations that ended, with classed
+errors). The Decision is the lifecycle moves to record and the actions to start. Nothing here
+reads a clock, a cloud or the GCS, so every rule is tested with plain values (tests/
+test_reconciler.py); autoscaler.autoscaler gathers the observations and carries the decision out.
+
+Per worker, by state (the head's lifecycle belongs to `cluster up`):
+  requested     its launch ended unseen (the autoscaler restarted): allocated
+  allocated     install it
+  installing    no install running (restart): resume it; past the install timeout: failed
+  install-failed  terminate it (it is replaced through the demand it leaves unmet)
+  running       declared dead by the GCS: terminate ("node died"); not joined within the join
+                timeout: terminate
+  draining      got work: running again; else after a short settle, or dead: terminate
+  terminating   still listed long after the terminate call: ask again
+  preempted     terminate what is left
+An instance that was known and is no longer listed is terminated (history only).
+Then the planner decides launches and scale-down on the nodes that remain; a back-off (see
+autoscaler.reactions) caps its type at the count it has.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional, Union
 
-from autoscaler import planner
+from autoscaler import lifecycle as L
+from autoscaler import planner, reactions
 from autoscaler.status import format_shape
-from launcher import tags as T
-from launcher.errors import LauncherError
-from launcher.runtime_install import RuntimeInstaller
-from launcher.updater import NodeUpdater, launch_hash, node_env
-from runtime.session import AUTOSCALER_STATUS_KEY, logs_dir
-
-log = logging.getLogger("autoscaler")
-
-JOIN_TIMEOUT_S = 300.0  # a launched node that has not joined the runtime by then is replaced
-BACKOFF_S = 60.0  # a node type whose launch failed is not launched again for this long
-MAX_EVENTS = 30
-MAX_PARALLEL_SETUPS = 16  # nodes set up at once; more wait their turn
-DRAIN_SETTLE_S = 1.0  # a few heartbeats: work forwarded before a drain has shown up by then
 
 
-def planner_config(config, capped: Optional[Mapping[str, int]] = None) -> planner.PlannerConfig:
-    """The planner's view of the config; a type in `capped` may not grow beyond the count given."""
-    capped = capped or {}
-    types = {}
-    for name, t in config.node_types.items():
-        max_workers = min(t.max_workers, capped[name]) if name in capped else t.max_workers
-        types[name] = planner.NodeTypeSpec(
-            name, dict(t.resources), min(t.min_workers, max_workers), max_workers
-        )
-    return planner.PlannerConfig(
-        types, config.head_node_type, config.max_workers, config.upscaling_speed, config.idle_timeout_s
-    )
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a node may stay in a state before it is moved on (`cluster status` shows ages)."""
+
+    install_s: float = 900.0  # installing -> install-failed
+    join_s: float = 300.0  # running, never seen by the GCS -> terminating
+    drain_s: float = 120.0  # draining while busy (a replaced outdated worker) -> terminating
+    settle_s: float = 1.0  # draining: a few heartbeats for work forwarded before the drain to show
+    terminate_retry_s: float = 60.0  # terminating, still listed -> ask the cloud again
 
 
-def node_states(config, provider_nodes: dict, gcs_nodes: dict, now: float) -> list:
-    """Join what the provider has with what the runtime reports, into the planner's node view.
+@dataclass(frozen=True)
+class Instance:
+    """One instance of the cluster as the provider lists it."""
 
-    provider_nodes: node id -> tags; gcs_nodes: node id -> NodeInfo (GCS node ids are provider ids).
-    A provider node the runtime does not know yet is "launching": its type's full capacity is on
-    the way.
-    """
-    states = []
-    for node_id, tags in sorted(provider_nodes.items()):
-        node_type = tags.get(T.TAG_NODE_TYPE, "")
-        is_head = tags.get(T.TAG_NODE_KIND) == T.KIND_HEAD
-        info = gcs_nodes.get(node_id)
-        if info is not None:
-            idle_since = now - info.idle_seconds if info.idle_seconds >= 0 else None
-            states.append(
-                planner.NodeState(
-                    node_id, node_type, is_head, dict(info.total), dict(info.available), idle_since
-                )
-            )
+    node_id: str
+    node_type: str
+    is_head: bool
+    lifecycle: L.NodeLifecycle
+    launch_request: str = ""  # the Launch that created it
+
+
+@dataclass(frozen=True)
+class RuntimeNode:
+    """A node alive in the GCS."""
+
+    node_id: str
+    total: Mapping[str, float]
+    available: Mapping[str, float]
+    idle_s: float  # seconds idle; negative: busy
+
+
+@dataclass(frozen=True)
+class Launch:
+    request_id: str
+    node_type: str
+    count: int
+    reason: str
+    requested_at: float
+
+
+@dataclass(frozen=True)
+class Install:
+    node_id: str
+    node_type: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    node_ids: tuple[str, ...]
+    undrain: bool = False
+
+
+@dataclass(frozen=True)
+class Terminate:
+    node_ids: tuple[str, ...]
+
+
+Action = Union[Launch, Install, Drain, Terminate]
+
+
+@dataclass(frozen=True)
+class Result:
+    """An action that ended: success, or an error's class (autoscaler.reactions) and one line."""
+
+    action: Action
+    node_ids: tuple[str, ...] = ()  # a Launch: the instances it created
+    error_kind: str = ""  # "" on success
+    error: str = ""
+    detail: str = ""  # on success, for the event line (e.g. the stages an install ran)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_kind
+
+
+@dataclass(frozen=True)
+class Move:
+    """A lifecycle step to record: `node` is the node after it (an instance's, or a refused
+    launch request's, whose id is the request id)."""
+
+    node: L.NodeLifecycle
+    reason: str
+    on_instance: bool = True  # False: a launch request; nothing to tag
+
+
+@dataclass(frozen=True)
+class Observations:
+    config: planner.PlannerConfig
+    instances: Mapping[str, Instance]
+    runtime: Mapping[str, RuntimeNode]
+    demand: planner.Demand
+    dead: frozenset = frozenset()  # node ids the GCS declared dead
+    known: Mapping[str, L.NodeLifecycle] = field(default_factory=dict)  # after the last step
+    results: tuple[Result, ...] = ()
+    in_flight: frozenset = frozenset()  # node ids an Install, Drain or Terminate still runs on
+    launches: Mapping[str, Launch] = field(default_factory=dict)  # still running, by request id
+    backoffs: reactions.Backoffs = field(default_factory=dict)
+    id_prefix: str = "launch"  # new request ids start with it (unique per autoscaler process)
+    timeouts: Timeouts = Timeouts()
+
+
+@dataclass(frozen=True)
+class Decision:
+    moves: tuple[Move, ...]
+    actions: tuple[Action, ...]
+    backoffs: reactions.Backoffs
+    events: tuple[str, ...]
+    plan: planner.Plan
+    nodes: Mapping[str, L.NodeLifecycle]  # every listed instance after the moves
+
+
+def reconcile(observations: Observations, now: float) -> Decision:
+    """See the module docstring."""
+    step = _Step(observations, now)
+    step.take_results()
+    step.forget_vanished()
+    for instance in sorted(observations.instances.values(), key=lambda i: i.node_id):
+        if not instance.is_head:
+            step.advance(instance)
+    plan = step.plan()
+    return Decision(tuple(step.moves), tuple(step.actions), step.backoffs, tuple(step.events),
+                    plan, {i: step.nodes[i] for i in observations.instances})
+
+
+class _Step:
+    """The working state of one reconcile: the nodes as moved so far, what to do, what to say."""
+
+    def __init__(self, obs: Observations, now: float):
+        self.obs, self.now = obs, now
+        self.nodes = {i: x.lifecycle for i, x in obs.instances.items()}
+        self.moves: list[Move] = []
+        self.actions: list[Action] = []
+        self.events: list[str] = []
+        self.backoffs = reactions.expired(obs.backoffs, now)
+        self.terminating: list[str] = []
+
+    # -- moves and actions ------------------------------------------------------------------
+
+    def move(self, node_id: str, to: str, reason: str) -> None:
+        self.nodes[node_id] = L.transition(self.nodes[node_id], to, reason, self.now)
+        self.moves.append(Move(self.nodes[node_id], reason))
+
+    def terminate(self, node_id: str, reason: str) -> None:
+        self.move(node_id, L.TERMINATING, reason)
+        self.terminating.append(node_id)
+        self.events.append(f"terminating {node_id} ({self._type(node_id)}): {reason}")
+
+    def install(self, node_id: str, resumed: bool) -> None:
+        if self.nodes[node_id].state == L.ALLOCATED:
+            self.move(node_id, L.INSTALLING, "setting it up")
+        self.actions.append(Install(node_id, self._type(node_id)))
+        if resumed:
+            self.events.append(f"resuming the setup of {node_id} ({self._type(node_id)})")
+
+    def _type(self, node_id: str) -> str:
+        instance = self.obs.instances.get(node_id)
+        return instance.node_type if instance else "?"
+
+    def _state(self, node_id: str) -> Optional[str]:
+        node = self.nodes.get(node_id)
+        return node.state if node else None
+
+    # -- what the actuators reported --------------------------------------------------------
+
+    def take_results(self) -> None:
+        for result in self.obs.results:
+            action = result.action
+            if isinstance(action, Launch):
+                self._launch_ended(action, result)
+            elif isinstance(action, Install):
+                self._install_ended(action, result)
+            elif not result.ok:
+                verb = "terminating" if isinstance(action, Terminate) else "draining"
+                self.events.append(f"{verb} {', '.join(action.node_ids)} failed: {result.error}")
+
+    def _launch_ended(self, launch: Launch, result: Result) -> None:
+        what = f"{launch.count} x {launch.node_type}"
+        if result.ok:
+            self.backoffs = reactions.succeeded(self.backoffs, launch.node_type)
+            for node_id in result.node_ids:
+                if self._state(node_id) == L.REQUESTED:
+                    self.move(node_id, L.ALLOCATED, f"created by {launch.request_id}")
+            self.events.append(f"launched {what} ({', '.join(result.node_ids)}) for "
+                               f"{launch.reason}")
+            return
+        self.backoffs = reactions.react(self.backoffs, launch.node_type, result.error_kind,
+                                        result.error, self.now)
+        backoff = self.backoffs[reactions.ALL_TYPES if result.error_kind == reactions.AUTH
+                                else launch.node_type]
+        request = L.NodeLifecycle(launch.request_id, L.REQUESTED, launch.requested_at,
+                                  (L.Step(L.REQUESTED, launch.requested_at, launch.reason),))
+        failed = L.transition(request, L.ALLOCATION_FAILED, result.error, self.now)
+        self.moves.append(Move(failed, result.error, on_instance=False))
+        self.events.append(f"launching {what} failed ({result.error_kind}), no launches of "
+                           f"{backoff.node_type} for {backoff.until - self.now:.0f}s: "
+                           f"{backoff.message}")
+
+    def _install_ended(self, install: Install, result: Result) -> None:
+        if self._state(install.node_id) != L.INSTALLING:
+            return  # terminated (or timed out) while it ran
+        if result.ok:
+            self.move(install.node_id, L.RUNNING, f"set up ({result.detail or 'nothing to do'})")
+            self.events.append(f"{install.node_id} ({install.node_type}) is set up "
+                               f"({result.detail or 'nothing to do'})")
         else:
-            capacity = (
-                dict(config.node_types[node_type].resources)
-                if node_type in config.node_types
-                else {}
-            )
-            states.append(
-                planner.NodeState(
-                    node_id, node_type, is_head, capacity, capacity, None, launching=True
-                )
-            )
-    return states
+            self.move(install.node_id, L.INSTALL_FAILED, result.error)
+            self.events.append(f"setting up {install.node_id} ({install.node_type}) failed: "
+                               f"{result.error}")
 
+    def forget_vanished(self) -> None:
+        """Instances known at the last step that the provider no longer lists are gone."""
+        for node_id, node in sorted(self.obs.known.items()):
+            if node_id in self.obs.instances or node.state in L.FINAL or node.state is None:
+                continue
+            expected = node.state in (L.TERMINATING, L.PREEMPTED)
+            reason = "terminated" if expected else "vanished from the provider's listing"
+            self.moves.append(Move(L.transition(node, L.TERMINATED, reason, self.now), reason,
+                                   on_instance=False))
+            if not expected:
+                self.events.append(f"{node_id} {reason}")
 
-def demand_from(cluster_state) -> planner.Demand:
-    """The GCS's view of what waits: queued work by shape, placement groups not placed yet, and
-    the bundles request_resources() asked room for."""
-    return planner.Demand(
-        tasks=tuple(planner.ResourceDemand(dict(d.shape), d.count) for d in cluster_state.demand),
-        placement_groups=tuple(
-            planner.PlacementGroupDemand(tuple(dict(b.resources) for b in g.bundles), g.strategy)
-            for g in cluster_state.pending_placement_groups),
-        requested=tuple(dict(b.resources) for b in cluster_state.requested),
-    )
+    # -- per node ---------------------------------------------------------------------------
 
+    def advance(self, instance: Instance) -> None:
+        node_id, timeouts = instance.node_id, self.obs.timeouts
+        node, busy = self.nodes[node_id], node_id in self.obs.in_flight
+        alive = self.obs.runtime.get(node_id)
+        if node.state == L.REQUESTED and instance.launch_request not in self.obs.launches:
+            self.move(node_id, L.ALLOCATED, "its launch ended while the autoscaler was away")
+            node = self.nodes[node_id]
+        if node.state == L.ALLOCATED and not busy:
+            self.install(node_id, resumed=False)
+        elif node.state == L.INSTALLING:
+            if node.age(self.now) > timeouts.install_s:
+                reason = f"still installing after {timeouts.install_s:.0f}s"
+                self.move(node_id, L.INSTALL_FAILED, reason)
+                self.terminate(node_id, reason)
+            elif not busy:
+                self.install(node_id, resumed=True)
+        elif node.state in (L.INSTALL_FAILED, L.PREEMPTED):
+            self.terminate(node_id, "its setup failed" if node.state == L.INSTALL_FAILED
+                           else "preempted by the cloud")
+        elif node.state == L.RUNNING:
+            if node_id in self.obs.dead:
+                self.terminate(node_id, "node died (heartbeats missed)")
+            elif alive is None and node.age(self.now) > timeouts.join_s:
+                self.terminate(node_id, f"it did not join the cluster within "
+                                        f"{timeouts.join_s:.0f}s")
+        elif node.state == L.DRAINING:
+            self._drain_step(node_id, node, alive)
+        elif node.state == L.TERMINATING and not busy and \
+                node.age(self.now) > timeouts.terminate_retry_s:
+            self.terminating.append(node_id)  # still listed: ask again
 
-@dataclass
-class Reconciler:
-    config: object  # ClusterConfig
-    provider: object  # NodeProvider
-    gcs: object  # GcsStub
-    head_ip: str
-    token: str
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
-    events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
-    _backoff_until: dict = field(default_factory=dict)
-    _launched_at: dict = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def _drain_step(self, node_id: str, node: L.NodeLifecycle, alive: Optional[RuntimeNode]):
+        if alive is None or node_id in self.obs.dead:
+            self.terminate(node_id, "drained (it left the runtime)")
+        elif alive.idle_s < 0:
+            self.move(node_id, L.RUNNING, "it got work while being drained")
+            self.actions.append(Drain((node_id,), undrain=True))
+            self.events.append(f"kept {node_id}: it got work while being drained")
+        elif node.age(self.now) >= self.obs.timeouts.settle_s:
+            self.terminate(node_id, node.history[-1].reason if node.history else "drained")
 
-    def __post_init__(self):
-        self._installer = (RuntimeInstaller(log.info, self.provider.runtime_extras)
-                           if self.provider.installs_runtime else None)
-        self._setups = ThreadPoolExecutor(MAX_PARALLEL_SETUPS, thread_name_prefix="setup")
+    # -- planning ---------------------------------------------------------------------------
 
-    def tick(self) -> planner.Plan:
-        from runtime.generated import runtime_pb2 as pb
-
-        now = self.clock()
-        provider_nodes = {i: self.provider.node_tags(i) for i in self.provider.nodes({})}
-        state = self.gcs.GetClusterState(pb.Empty(), timeout=10)
-        gcs_nodes = {n.node_id: n for n in state.nodes}
-        self._replace_broken(provider_nodes, gcs_nodes, now)
-        nodes = node_states(self.config, provider_nodes, gcs_nodes, now)
-        config = planner_config(self.config, self._backed_off_caps(provider_nodes, now))
-        plan = planner.plan(config, nodes, {}, demand_from(state), now)
-        self._terminate(self._drained(plan.terminate, nodes), provider_nodes)
-        for node_type, count in sorted(plan.launch.items()):
-            self._launch(node_type, count, state)
-        self._publish(provider_nodes, gcs_nodes, state, plan, now)
+    def plan(self) -> planner.Plan:
+        plan = planner.plan(self._capped_config(), self._planner_nodes(), self._pending(),
+                            self.obs.demand, self.now)
+        drain = []
+        for node_id, reason in plan.terminate:
+            state, alive = self._state(node_id), self.obs.runtime.get(node_id)
+            if state == L.DRAINING or node_id in self.terminating:
+                continue
+            if state == L.RUNNING and alive is not None and alive.idle_s >= 0:
+                self.move(node_id, L.DRAINING, reason)
+                drain.append(node_id)
+            else:
+                self.terminate(node_id, reason)
+        if drain:
+            self.actions.append(Drain(tuple(drain)))
+            self.events.append(f"draining {', '.join(drain)}: "
+                               f"{self.nodes[drain[0]].history[-1].reason}")
+        if self.terminating:
+            self.actions.append(Terminate(tuple(sorted(set(self.terminating)))))
+        for number, (node_type, count) in enumerate(sorted(plan.launch.items())):
+            reason = _describe(self.obs.demand) or "min_workers"
+            self.actions.append(Launch(f"{self.obs.id_prefix}-{self.now:.3f}-{number}", node_type,
+                                       count, reason, self.now))
         return plan
 
-    def _drained(self, terminations, nodes: list) -> list:
-        """Idle nodes about to be removed are drained first: taken out of every node's view, so no
-        work is forwarded there, then checked again a few heartbeats later. One that got work in
-        the meantime stays; the rest may go."""
-        from runtime.generated import runtime_pb2 as pb
-
-        idle = {n.node_id for n in nodes if n.idle_since is not None and not n.launching}
-        draining = [node_id for node_id, _ in terminations if node_id in idle]
-        if not draining:
-            return list(terminations)
-        self.gcs.DrainNodes(pb.DrainRequest(node_ids=draining), timeout=10)
-        self.sleep(DRAIN_SETTLE_S)
-        state = self.gcs.GetClusterState(pb.Empty(), timeout=10)
-        busy = sorted(n.node_id for n in state.nodes if n.node_id in draining and n.idle_seconds < 0)
-        if busy:
-            self.gcs.DrainNodes(pb.DrainRequest(node_ids=busy, undrain=True), timeout=10)
-            for node_id in busy:
-                self._event(f"kept {node_id}: it got work while being drained")
-        return [(node_id, reason) for node_id, reason in terminations if node_id not in busy]
-
-    def _backed_off_caps(self, provider_nodes: dict, now: float) -> dict:
-        """Node types whose launches failed recently, capped at the count they have now."""
-        caps = {t: 0 for t, until in self._backoff_until.items() if until > now}
-        for tags in provider_nodes.values():
-            node_type = tags.get(T.TAG_NODE_TYPE)
-            if node_type in caps and tags.get(T.TAG_NODE_KIND) == T.KIND_WORKER:
-                caps[node_type] += 1
-        return caps
-
-    def _replace_broken(self, provider_nodes: dict, gcs_nodes: dict, now: float) -> None:
-        """Terminate workers whose setup failed or that never joined the runtime."""
-        broken = []
-        for node_id, tags in provider_nodes.items():
-            if tags.get(T.TAG_NODE_KIND) != T.KIND_WORKER or node_id in gcs_nodes:
-                continue
-            if tags.get(T.TAG_NODE_STATUS) == T.STATUS_UPDATE_FAILED:
-                broken.append((node_id, "its setup failed"))
-            elif now - self._launched_at.setdefault(node_id, now) > JOIN_TIMEOUT_S:
-                broken.append(
-                    (node_id, f"it did not join the cluster within {JOIN_TIMEOUT_S:.0f}s")
-                )
-        self._terminate(broken, provider_nodes)
-
-    def _terminate(self, terminations, provider_nodes: dict) -> None:
-        ids = [node_id for node_id, _ in terminations]
-        if not ids:
-            return
-        self.provider.terminate(ids)
-        for node_id, reason in terminations:
-            node_type = provider_nodes.pop(node_id, {}).get(T.TAG_NODE_TYPE, "?")
-            self._event(f"terminated {node_id} ({node_type}): {reason}")
-            self._launched_at.pop(node_id, None)
-
-    def _launch(self, node_type: str, count: int, state) -> None:
-        spec = self.config.node_types[node_type]
-        tags = {
-            T.TAG_NODE_KIND: T.KIND_WORKER,
-            T.TAG_NODE_TYPE: node_type,
-            T.TAG_NODE_STATUS: T.STATUS_PENDING,
-            T.TAG_LAUNCH_HASH: launch_hash(spec.node_config, self.config.auth),
-        }
-        try:
-            node_ids = self.provider.create(node_type, spec.node_config, tags, count)
-        except LauncherError as exc:
-            self._backoff_until[node_type] = self.clock() + BACKOFF_S
-            self._event(
-                f"launching {count} x {node_type} failed, backing off {BACKOFF_S:.0f}s: {exc}"
-            )
-            return
-        self._event(
-            f"launched {count} x {node_type} ({', '.join(node_ids)}) for "
-            f"{_describe_demand(state.demand) or 'min_workers'}"
-        )
-        for node_id in node_ids:
-            self._launched_at[node_id] = self.clock()
-            self._setups.submit(self._set_up, node_id, node_type)
-
-    def _set_up(self, node_id: str, node_type: str) -> None:
-        """Run the node's updater, its output and stages going to the node's own log file."""
-        env = node_env(self.config, node_type, node_id, self.provider.internal_ip(node_id),
-                       self.head_ip, self.token)
-        log_dir = logs_dir() / "nodes"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        with open(log_dir / f"{node_id}.log", "a") as node_log:
-            def write(text: str) -> None:
-                node_log.write(text if text.endswith("\n") else text + "\n")
-                node_log.flush()
-
-            updater = NodeUpdater(self.provider, node_id, self.config, T.KIND_WORKER, node_type,
-                                  env=env, installer=self._installer, on_output=write,
-                                  on_stage=lambda stage: write(f"==> {stage}"))
-            try:
-                ran = updater.run()
-            except LauncherError as exc:
-                write(f"==> failed: {exc}")
-                self._event(f"setting up {node_id} ({node_type}) failed: {exc}")
-                return
-            except Exception as exc:  # the node vanished mid-setup, or the provider failed
-                self._event(f"setting up {node_id} ({node_type}) failed: {type(exc).__name__}: {exc}")
-                return
-        self._event(f"{node_id} ({node_type}) is set up in {time.monotonic() - started:.1f}s "
-                    f"({', '.join(ran)})")
-
-    def _event(self, message: str) -> None:
-        log.info(message)
-        with self._lock:
-            self.events.append({"time": self.clock(), "message": message})
-
-    def _publish(self, provider_nodes, gcs_nodes, state, plan, now) -> None:
-        from runtime.generated import runtime_pb2 as pb
-
+    def _planner_nodes(self) -> list[planner.NodeState]:
+        """The nodes that count: alive or coming, not on their way out."""
         nodes = []
-        for node_id, tags in sorted(provider_nodes.items()):
-            info = gcs_nodes.get(node_id)
-            nodes.append(
-                {
-                    "node_id": node_id,
-                    "node_type": tags.get(T.TAG_NODE_TYPE, ""),
-                    "kind": tags.get(T.TAG_NODE_KIND, ""),
-                    "ip": self.provider.internal_ip(node_id),
-                    "status": tags.get(T.TAG_NODE_STATUS, "") if info is None else "running",
-                    "total": dict(info.total) if info else {},
-                    "available": dict(info.available) if info else {},
-                    "idle_s": info.idle_seconds if info else -1,
-                }
-            )
-        with self._lock:
-            events = list(self.events)
-        status = {
-            "time": now,
-            "cluster_name": self.config.cluster_name,
-            "nodes": nodes,
-            "demand": [{"shape": dict(d.shape), "count": d.count} for d in state.demand],
-            "infeasible": [dict(s) for s in plan.infeasible],
-            "launching": dict(plan.launch),
-            "events": events,
-        }
-        self.gcs.KvPut(
-            pb.KvRequest(key=AUTOSCALER_STATUS_KEY, value=json.dumps(status).encode(), overwrite=True),
-            timeout=10,
-        )
+        config = self.obs.config
+        for node_id, instance in sorted(self.obs.instances.items()):
+            state = self._state(node_id)
+            alive = self.obs.runtime.get(node_id)
+            if state not in L.COMING | {L.RUNNING, L.DRAINING} and not instance.is_head:
+                continue
+            if alive is not None:
+                idle_since = self.now - alive.idle_s if alive.idle_s >= 0 else None
+                nodes.append(planner.NodeState(node_id, instance.node_type, instance.is_head,
+                                               dict(alive.total), dict(alive.available),
+                                               idle_since))
+            elif node_id not in self.obs.dead:
+                spec = config.node_types.get(instance.node_type)
+                capacity = dict(spec.resources) if spec else {}
+                nodes.append(planner.NodeState(node_id, instance.node_type, instance.is_head,
+                                               capacity, capacity, None, launching=True))
+        return nodes
+
+    def _pending(self) -> dict[str, int]:
+        """Instances still to come from launches in flight (those listed already are nodes)."""
+        listed = {}
+        for instance in self.obs.instances.values():
+            listed[instance.launch_request] = listed.get(instance.launch_request, 0) + 1
+        pending: dict[str, int] = {}
+        for request_id, launch in self.obs.launches.items():
+            left = launch.count - listed.get(request_id, 0)
+            if left > 0:
+                pending[launch.node_type] = pending.get(launch.node_type, 0) + left
+        return pending
+
+    def _capped_config(self) -> planner.PlannerConfig:
+        """A backed-off type may not grow beyond the workers it has now."""
+        config = self.obs.config
+        counts: dict[str, int] = {}
+        for node_id, instance in self.obs.instances.items():
+            if not instance.is_head and self._state(node_id) not in (L.TERMINATING, None):
+                counts[instance.node_type] = counts.get(instance.node_type, 0) + 1
+        for launch in self.obs.launches.values():
+            counts[launch.node_type] = counts.get(launch.node_type, 0) + launch.count
+        types = {}
+        for name, spec in config.node_types.items():
+            if reactions.blocked(self.backoffs, name, self.now) is not None:
+                cap = min(spec.max_workers, counts.get(name, 0))
+                spec = dataclasses.replace(spec, max_workers=cap,
+                                           min_workers=min(spec.min_workers, cap))
+            types[name] = spec
+        return dataclasses.replace(config, node_types=types)
 
 
-def _describe_demand(demand) -> str:
-    return ", ".join(f"{format_shape(d.shape)} x {d.count}" for d in demand)
+def _describe(demand: planner.Demand) -> str:
+    return ", ".join(f"{format_shape(d.shape)} x {d.count}" for d in demand.tasks)

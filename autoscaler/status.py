@@ -32,36 +32,43 @@ def _usage(total: dict, available: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def render(state, status) -> str:
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _node_line(row: dict, info, now: float) -> str:
+    """One node: kind, type, id, IP, lifecycle state and age in it, then use or install stage."""
+    state = row.get("state") or "?"
+    since = row.get("since")
+    lifecycle = f"{state} {_age(now - since)}" if since else state
+    if info is not None:
+        activity = "idle" if info.idle_seconds >= 0 else "busy"
+        detail = f"{_usage(dict(info.total), dict(info.available))}  ({activity})"
+    elif state == "installing" and row.get("stage"):
+        detail = row["stage"]
+    else:
+        detail = ""
+    return (f"  {row['kind']:<6} {row['node_type']:<12} {row['node_id']:<16} {row['ip']:<15} "
+            f"{lifecycle:<18} {detail}").rstrip()
+
+
+def render(state, status, now: float | None = None) -> str:
+    now = time.time() if now is None else now
     lines = []
     name = status["cluster_name"] if status else "?"
     lines.append(f"======== Cluster {name} ========")
     lines.append("Nodes:")
     live = {n.node_id: n for n in state.nodes}
-    rows = (
-        status["nodes"]
-        if status
-        else [
-            {
-                "node_id": n.node_id,
-                "node_type": n.node_type,
-                "kind": "head" if n.is_head else "worker",
-                "ip": n.ip,
-                "status": "running",
-            }
-            for n in state.nodes
-        ]
-    )
+    rows = status["nodes"] if status else [
+        {"node_id": n.node_id, "node_type": n.node_type, "kind": "head" if n.is_head else "worker",
+         "ip": n.ip, "state": "running"} for n in state.nodes]
     for row in rows:
-        info = live.get(row["node_id"])
-        if info is not None:
-            activity = "idle" if info.idle_seconds >= 0 else "busy"
-            detail = f"{_usage(dict(info.total), dict(info.available))}  ({activity})"
-        else:
-            detail = row["status"]
-        lines.append(
-            f"  {row['kind']:<6} {row['node_type']:<12} {row['node_id']:<16} {row['ip']:<15} {detail}"
-        )
+        lines.append(_node_line(row, live.get(row["node_id"]), now))
     total, available = {}, {}
     for n in state.nodes:
         for k, v in n.total.items():
@@ -79,8 +86,18 @@ def render(state, status) -> str:
         lines.append(
             "Infeasible demand (fits no node type, never launched for): " + ", ".join(infeasible)
         )
-    age = time.time() - status["time"]
-    lines.append(f"Autoscaler: last update {age:.0f}s ago")
+    for backoff in status.get("backoffs", []):
+        what = "every type" if backoff["node_type"] == "*" else backoff["node_type"]
+        lines.append(f"Not launching {what} for {_age(backoff['until'] - now)} "
+                     f"({backoff['kind']}, {backoff['failures']} failure(s)): {backoff['message']}")
+    lines.append(f"Autoscaler: last update {now - status['time']:.0f}s ago")
+    lines.append("Recent transitions:")
+    steps = sorted((step[1], row["node_id"], step[0], step[2])
+                   for row in status["nodes"] + status.get("gone", [])
+                   for step in row.get("history", []))
+    for when, node_id, to, reason in steps[-10:] or [(None, "", "none", "")]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(when)) if when else ""
+        lines.append(f"  {stamp} {node_id} -> {to}{': ' + reason if reason else ''}".rstrip())
     lines.append("Recent events:")
     for event in status["events"][-10:] or [{"time": None, "message": "none"}]:
         stamp = time.strftime("%H:%M:%S", time.localtime(event["time"])) if event["time"] else ""

@@ -53,7 +53,7 @@ def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
         arm, cluster_cli, watcher, tmp_path):
     cloud_e2e.up_twice(cluster_cli)
     [head] = arm.of_type(VM)
-    assert head["tags"]["node-kind"] == "head" and head["tags"]["node-status"] == "up-to-date"
+    assert head["tags"]["node-kind"] == "head" and head["tags"]["node-status"] == "running"
     assert list(head["identity"]["userAssignedIdentities"])[0].endswith("cluster-launcher-azure-e2e-head")
 
     cloud_e2e.run_cpu_then_gpu_work(cluster_cli, lambda: _kinds(arm), tmp_path)

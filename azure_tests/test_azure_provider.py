@@ -11,6 +11,7 @@ import pytest
 
 from azure_tests.conftest import GROUP, provider_section
 from launcher import tags as T
+from tests.harness.autoscaling import launch_and_react
 from launcher.config import config_from_dict
 from launcher.errors import CapacityError, ConfigError, QuotaError, TransientError
 from launcher.providers import make_provider
@@ -40,7 +41,7 @@ def bootstrapped(arm, **kwargs):
 
 
 def worker_tags(kind=T.KIND_WORKER):
-    return {T.TAG_NODE_KIND: kind, T.TAG_NODE_STATUS: T.STATUS_PENDING, T.TAG_LAUNCH_HASH: "h1"}
+    return {T.TAG_NODE_KIND: kind, T.TAG_NODE_STATUS: "requested", T.TAG_LAUNCH_HASH: "h1"}
 
 
 def leftovers(arm) -> dict:
@@ -108,9 +109,9 @@ def test_create_tags_lists_and_sets_tags(arm):
     assert provider.nodes({T.TAG_NODE_KIND: T.KIND_HEAD}) == []
     tags = provider.node_tags(ids[0])
     assert tags[T.TAG_CLUSTER_NAME] == "t" and tags[T.TAG_NODE_TYPE] == "gpu"
-    provider.set_tags(ids[0], {T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE})
+    provider.set_tags(ids[0], {T.TAG_NODE_STATUS: "running"})
     fresh = make_provider(config.provider, "t", config.auth)  # state lives in Azure tags
-    assert fresh.node_tags(ids[0])[T.TAG_NODE_STATUS] == T.STATUS_UP_TO_DATE
+    assert fresh.node_tags(ids[0])[T.TAG_NODE_STATUS] == "running"
     assert fresh.node_tags(ids[0])[T.TAG_LAUNCH_HASH] == "h1"
     assert make_provider(config.provider, "other", {}).nodes({}) == []
     for name in ids:  # every piece a VM owns carries the cluster's name
@@ -208,16 +209,12 @@ def test_throttling_is_retried_by_the_sdk(arm):
         provider.nodes({})
 
 
-def test_reconciler_backs_off_a_type_without_capacity(arm):
-    from autoscaler.reconciler import Reconciler
-
+def test_a_launch_without_capacity_is_a_capacity_error_and_backs_the_type_off(arm):
     config, provider = bootstrapped(arm)
     arm.fail_vm("SkuNotAvailable", size="Standard_NC4as_T4_v3", times=None)
-    reconciler = Reconciler(config, provider, gcs=None, head_ip="127.0.0.1", token="t",
-                            clock=lambda: 100.0)
-    reconciler._launch("gpu", 1, state=None)
-    assert reconciler._backoff_until["gpu"] == 160.0
-    assert "SkuNotAvailable" in reconciler.events[-1]["message"]
+    kind, backoff = launch_and_react(config, provider, "gpu")
+    assert kind == "capacity" and "SkuNotAvailable" in backoff.message
+    assert backoff.until == 130.0  # the first of an exponential series
     assert leftovers(arm) == {}
 
 

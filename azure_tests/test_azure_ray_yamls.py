@@ -100,7 +100,7 @@ def test_rays_azure_example_comes_up_runs_work_and_goes_down(
         [head] = arm.of_type(VM)
         tags = head["tags"]
         assert (tags["node-kind"], tags["node-type"], tags["node-status"]) == \
-            ("head", HEAD, "up-to-date")
+            ("head", HEAD, "running")
         assert head["location"] == "westus2"
         assert f"/subscriptions/{az_subscription}/resourceGroups/ray-cluster/" in head["id"]
         assert head["properties"]["hardwareProfile"]["vmSize"] == "Standard_D2s_v3"

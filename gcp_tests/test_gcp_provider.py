@@ -13,6 +13,7 @@ import pytest
 from gcp_tests.conftest import REGION
 from gcp_tests.fake_gce import PROJECT
 from launcher import tags as T
+from tests.harness.autoscaling import launch_and_react
 from launcher.config import config_from_dict
 from launcher.errors import (AuthError, CapacityError, InvalidNodeConfig, QuotaError,
                              TransientError)
@@ -43,7 +44,7 @@ def bootstrapped(fake, **kwargs):
 
 
 def worker_tags(kind=T.KIND_WORKER):
-    return {T.TAG_NODE_KIND: kind, T.TAG_NODE_STATUS: T.STATUS_PENDING, T.TAG_LAUNCH_HASH: "h1"}
+    return {T.TAG_NODE_KIND: kind, T.TAG_NODE_STATUS: "requested", T.TAG_LAUNCH_HASH: "h1"}
 
 
 def launch(provider, config, node_type="gpu", count=1, kind=T.KIND_WORKER, **node_config):
@@ -131,9 +132,9 @@ def test_create_batches_labels_and_lists_by_cluster(fake):
     tags = provider.node_tags(ids[0])
     assert tags[T.TAG_CLUSTER_NAME] == "t" and tags[T.TAG_NODE_TYPE] == "GPU_Big"
     assert fake.instances[ids[0]]["labels"]["node-type"] == "_47_50_55___42ig"
-    provider.set_tags(ids[0], {T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE})
+    provider.set_tags(ids[0], {T.TAG_NODE_STATUS: "running"})
     fresh = make_provider(config.provider, "t", config.auth)  # state lives in the labels
-    assert fresh.node_tags(ids[0])[T.TAG_NODE_STATUS] == T.STATUS_UP_TO_DATE
+    assert fresh.node_tags(ids[0])[T.TAG_NODE_STATUS] == "running"
     assert make_provider(config.provider, "other", {}).nodes({}) == []
     instance = fake.instances[ids[0]]
     assert instance["machineType"].endswith(f"zones/{REGION}-a/machineTypes/g2-standard-8")
@@ -163,8 +164,8 @@ def test_set_tags_retries_when_labels_changed_meanwhile(fake):
 
     racing.done = False
     other.gce.call = racing
-    other.set_tags(node, {T.TAG_NODE_STATUS: T.STATUS_SETTING_UP})
-    assert provider.node_tags(node)[T.TAG_NODE_STATUS] == T.STATUS_SETTING_UP
+    other.set_tags(node, {T.TAG_NODE_STATUS: "installing"})
+    assert provider.node_tags(node)[T.TAG_NODE_STATUS] == "installing"
     assert ("POST", f"zones/{REGION}-a/instances/{node}/setLabels") in fake.calls
 
 
@@ -217,19 +218,15 @@ def test_a_partly_exhausted_zone_keeps_what_it_created(fake):
 
 
 def test_no_zone_with_capacity_is_a_capacity_error_and_the_type_is_backed_off(fake):
-    from autoscaler.reconciler import Reconciler
-
     config, provider = bootstrapped(fake)
     fake.inject("ZONE_RESOURCE_POOL_EXHAUSTED")
     with pytest.raises(CapacityError) as raised:
         launch(provider, config)
     assert "in any of 3 zone(s)" in str(raised.value) and "\n" not in str(raised.value)
     assert "ZONE_RESOURCE_POOL_EXHAUSTED" in str(raised.value) and fake.instances == {}
-    reconciler = Reconciler(config, provider, gcs=None, head_ip="127.0.0.1", token="t",
-                            clock=lambda: 100.0)
-    reconciler._launch("gpu", 1, state=None)
-    assert reconciler._backoff_until["gpu"] == 160.0
-    assert "ZONE_RESOURCE_POOL_EXHAUSTED" in reconciler.events[-1]["message"]
+    kind, backoff = launch_and_react(config, provider, "gpu")
+    assert kind == "capacity" and "ZONE_RESOURCE_POOL_EXHAUSTED" in backoff.message
+    assert backoff.until == 130.0  # the first of an exponential series
 
 
 @pytest.mark.parametrize("code,status,error", [

@@ -68,7 +68,11 @@ def head_node(provider: NodeProvider, config: ClusterConfig, required: bool = Tr
 
 def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cluster_name=None,
        confirm: Callable[[str], bool] = lambda _: True) -> str:
-    """Create or update the head node and start the runtime there. Returns the head node id."""
+    """Create or update the head node and start the runtime there. Returns the head node id.
+    The head's lifecycle moves as a worker's do (autoscaler.lifecycle; imported here, as the
+    launcher imports the autoscaler only inside functions)."""
+    from autoscaler import lifecycle as L
+
     config, provider = open_cluster(config_path, cluster_name)
     config = provider.bootstrap(config, echo)
     head_type = config.node_types[config.head_node_type]
@@ -82,18 +86,29 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
         head = None
     if head is None:
         echo(f"Creating head node (type {config.head_node_type}) for cluster {config.cluster_name}...")
+        requested = L.transition(L.NodeLifecycle("head"), L.REQUESTED, "cluster up", time.time())
         head = provider.create(config.head_node_type, head_type.node_config, {
             T.TAG_NODE_KIND: T.KIND_HEAD, T.TAG_NODE_TYPE: config.head_node_type,
-            T.TAG_NODE_STATUS: T.STATUS_PENDING, T.TAG_LAUNCH_HASH: wanted_launch}, 1)[0]
+            T.TAG_LAUNCH_HASH: wanted_launch, **L.tags_of(requested)}, 1)[0]
+    node = L.current(provider, head)
+    if node.state == L.REQUESTED:  # created now, or by an `up` that stopped right after
+        node = L.record(provider, node, L.ALLOCATED, "created by cluster up", time.time())
     with tempfile.TemporaryDirectory() as tmp:
         updater = _head_updater(provider, head, config, echo, tmp)
         updater.run_setup, updater.run_start = not restart_only, not no_restart
-        if updater.is_up_to_date() and not restart_only:
+        if node.state == L.RUNNING and updater.stages_done() and not restart_only:
             echo(f"Head {head} is up to date; nothing to do (use --restart-only to restart the runtime).")
             return head
         echo(f"Updating head {head} at {provider.internal_ip(head)}...")
         started = time.monotonic()
-        ran = updater.run()
+        node = L.record(provider, node, L.INSTALLING, "cluster up", time.time())
+        try:
+            ran = updater.run()
+        except LauncherError as exc:
+            L.record(provider, node, L.INSTALL_FAILED, str(exc), time.time())
+            raise
+        L.record(provider, node, L.RUNNING, f"set up ({', '.join(ran) or 'nothing'} ran)",
+                 time.time())
     echo(f"Head {head} ready in {time.monotonic() - started:.1f}s ({', '.join(ran) or 'nothing'} ran).")
     return head
 

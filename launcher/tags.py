@@ -5,7 +5,10 @@ import re
 TAG_CLUSTER_NAME = "cluster-name"
 TAG_NODE_KIND = "node-kind"  # head | worker
 TAG_NODE_TYPE = "node-type"  # a key of available_node_types
-TAG_NODE_STATUS = "node-status"
+TAG_NODE_STATUS = "node-status"  # the lifecycle state (autoscaler.lifecycle writes it)
+TAG_STATE_SINCE = "node-state-since"  # unix seconds the state was entered
+TAG_INSTALL_STAGE = "install-stage"  # what the updater does now, for `cluster status`
+TAG_LAUNCH_REQUEST = "launch-request"  # the autoscaler's launch that created the node
 TAG_LAUNCH_HASH = "launch-hash"  # node_config + auth: the node must be replaced when it changes
 # One tag per updater stage; a stage whose inputs hash to its tag's value is skipped.
 TAG_FILES_HASH = "files-hash"  # file mount contents
@@ -16,12 +19,12 @@ TAG_START_HASH = "start-hash"  # start commands
 KIND_HEAD = "head"
 KIND_WORKER = "worker"
 
-STATUS_PENDING = "pending"
-STATUS_WAITING_FOR_SSH = "waiting-for-ssh"
-STATUS_SYNCING_FILES = "syncing-files"
-STATUS_SETTING_UP = "setting-up"
-STATUS_UP_TO_DATE = "up-to-date"
-STATUS_UPDATE_FAILED = "update-failed"
+STAGE_WAITING_FOR_SSH = "waiting-for-ssh"
+STAGE_SYNCING_FILES = "syncing-files"
+STAGE_SETTING_UP = "setting-up"
+STAGE_INSTALLING_RUNTIME = "installing-runtime"
+STAGE_STARTING = "starting"
+STAGE_DONE = "done"
 
 
 def dns_name(text: str) -> str:

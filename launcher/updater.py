@@ -5,8 +5,9 @@ runtime, run start commands. Each stage's inputs are hashed into a tag on the no
 hash is unchanged is skipped, so re-running `cluster up` on an unchanged cluster runs nothing,
 editing a setup command re-runs setup, and editing a file under a file mount re-syncs files only.
 Start commands run when anything before them ran, when their own hash changed, or on request.
-The node's status tag follows each stage, so `cluster status` and a restarted autoscaler see where
-a node is. `cluster up` (the head) and the autoscaler (workers) both use it.
+The node's install-stage tag follows each stage, for `cluster status`. The updater moves no
+lifecycle state: its callers do (`cluster up` for the head, the autoscaler's actuators for workers;
+see autoscaler.lifecycle), since only they know why the node is being set up.
 """
 
 from __future__ import annotations
@@ -99,20 +100,19 @@ class NodeUpdater:
             hashes[T.TAG_RUNTIME_HASH] = self.installer.version()
         return hashes
 
-    def is_up_to_date(self) -> bool:
+    def stages_done(self) -> bool:
+        """Every stage ran with the inputs it would have now: nothing to do."""
         tags = self.provider.node_tags(self.node_id)
-        return (tags.get(T.TAG_NODE_STATUS) == T.STATUS_UP_TO_DATE
-                and all(tags.get(k) == v for k, v in self.wanted_hashes().items()))
+        return all(tags.get(k) == v for k, v in self.wanted_hashes().items())
 
     def run(self) -> list[str]:
-        """Run the stages that are due; returns their names. On failure the node is tagged
-        update-failed and UpdateFailed (one line: node, step, cause) is raised."""
+        """Run the stages that are due; returns their names. On failure UpdateFailed (one line:
+        node, step, cause) is raised."""
         try:
             return self._run_stages()
+        except UpdateFailed:
+            raise
         except LauncherError as exc:
-            self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: T.STATUS_UPDATE_FAILED})
-            if isinstance(exc, UpdateFailed):
-                raise
             raise UpdateFailed(f"node {self.node_id}: {exc}") from None
 
     def _run_stages(self) -> list[str]:
@@ -121,32 +121,32 @@ class NodeUpdater:
         wanted = self.wanted_hashes()
         due = lambda tag: self.run_setup and done.get(tag) != wanted[tag]  # noqa: E731
         ran = []
-        self._status(T.STATUS_WAITING_FOR_SSH)
+        self._stage(T.STAGE_WAITING_FOR_SSH)
         runner.wait_ready(ssh_timeout_s(self.config.provider))
         if due(T.TAG_FILES_HASH):
-            self._status(T.STATUS_SYNCING_FILES, "syncing files")
+            self._stage(T.STAGE_SYNCING_FILES, "syncing files")
             for remote, local in {**self.config.file_mounts, **self.files}.items():
                 runner.put(local, remote, excludes=self.config.rsync_exclude,
                            filters=self.config.rsync_filter)
             ran.append(self._mark(T.TAG_FILES_HASH, wanted, "files"))
         if due(T.TAG_SETUP_HASH):
-            self._status(T.STATUS_SETTING_UP, "running setup commands")
+            self._stage(T.STAGE_SETTING_UP, "running setup commands")
             self._run_commands(runner, setup_commands(self.config, self.kind, self.node_type))
             ran.append(self._mark(T.TAG_SETUP_HASH, wanted, "setup"))
         if self.installer is not None and due(T.TAG_RUNTIME_HASH):
-            self._status(T.STATUS_SETTING_UP, "installing the runtime")
+            self._stage(T.STAGE_INSTALLING_RUNTIME, "installing the runtime")
             self.installer.install(runner, f"node {self.node_id}", on_output=self.on_output)
             ran.append(self._mark(T.TAG_RUNTIME_HASH, wanted, "runtime"))
         start_due = ran or done.get(T.TAG_START_HASH) != wanted[T.TAG_START_HASH] or not self.run_setup
         if self.run_start and start_due:
-            self._status(T.STATUS_SETTING_UP, "running start commands")
+            self._stage(T.STAGE_STARTING, "running start commands")
             self._run_commands(runner, start_commands(self.config, self.kind))
             ran.append(self._mark(T.TAG_START_HASH, wanted, "start"))
-        self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE})
+        self._stage(T.STAGE_DONE)
         return ran
 
-    def _status(self, status: str, stage: Optional[str] = None) -> None:
-        self.provider.set_tags(self.node_id, {T.TAG_NODE_STATUS: status})
+    def _stage(self, tag: str, stage: Optional[str] = None) -> None:
+        self.provider.set_tags(self.node_id, {T.TAG_INSTALL_STAGE: tag})
         if stage:
             self.on_stage(stage)
 

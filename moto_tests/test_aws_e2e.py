@@ -70,7 +70,7 @@ def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
     client = aws[0]
     cloud_e2e.up_twice(cluster_cli)
     [(head, tags)] = live_tags(client).items()
-    assert tags["node-kind"] == "head" and tags["node-status"] == "up-to-date"
+    assert tags["node-kind"] == "head" and tags["node-status"] == "running"
     instance = client.describe_instances(InstanceIds=[head])["Reservations"][0]["Instances"][0]
     assert instance["IamInstanceProfile"]["Arn"].endswith("cluster-launcher-head-v1")
 

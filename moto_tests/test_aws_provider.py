@@ -11,6 +11,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from launcher import tags as T
+from tests.harness.autoscaling import launch_and_react
 from launcher.config import config_from_dict
 from launcher.errors import (AuthError, CapacityError, InvalidNodeConfig, QuotaError,
                              TransientError)
@@ -53,7 +54,7 @@ def inject(provider, operation, *codes):
 
 
 def worker_tags(config):
-    return {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_STATUS: T.STATUS_PENDING,
+    return {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_STATUS: "requested",
             T.TAG_LAUNCH_HASH: "h1"}
 
 
@@ -127,9 +128,9 @@ def test_create_batches_tags_and_lists_by_cluster(ec2):
     assert provider.nodes({T.TAG_NODE_KIND: T.KIND_HEAD}) == []
     tags = provider.node_tags(ids[0])
     assert tags[T.TAG_CLUSTER_NAME] == "t" and tags[T.TAG_NODE_TYPE] == "gpu"
-    provider.set_tags(ids[0], {T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE})
+    provider.set_tags(ids[0], {T.TAG_NODE_STATUS: "running"})
     fresh = make_provider(config.provider, "t", config.auth)  # state lives in EC2 tags
-    assert fresh.node_tags(ids[0])[T.TAG_NODE_STATUS] == T.STATUS_UP_TO_DATE
+    assert fresh.node_tags(ids[0])[T.TAG_NODE_STATUS] == "running"
     assert make_provider(config.provider, "other", {}).nodes({}) == []
     instance = ec2.describe_instances(InstanceIds=ids[:1])["Reservations"][0]["Instances"][0]
     assert instance["InstanceType"] == "g5.xlarge" and instance["KeyName"]
@@ -225,16 +226,12 @@ def test_throttling_is_retried_with_backoff(ec2):
     assert waits == [0.5, 1.0]
 
 
-def test_reconciler_backs_off_a_type_without_capacity(ec2):
-    from autoscaler.reconciler import Reconciler
-
+def test_a_launch_without_capacity_is_a_capacity_error_and_backs_the_type_off(ec2):
     config, provider = bootstrapped(ec2)
     inject(provider, "RunInstances", *["InsufficientInstanceCapacity"] * 6)
-    reconciler = Reconciler(config, provider, gcs=None, head_ip="127.0.0.1", token="t",
-                            clock=lambda: 100.0)
-    reconciler._launch("gpu", 1, state=None)
-    assert reconciler._backoff_until["gpu"] == 160.0
-    assert "InsufficientInstanceCapacity" in reconciler.events[-1]["message"]
+    kind, backoff = launch_and_react(config, provider, "gpu")
+    assert kind == "capacity" and "InsufficientInstanceCapacity" in backoff.message
+    assert backoff.until == 130.0  # the first of an exponential series
 
 
 @pytest.mark.parametrize("internal,on_head,expected", [

@@ -126,14 +126,14 @@ def test_rays_aws_example_comes_up_runs_work_on_every_node_and_goes_down(
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr
         [(head_id, tags)] = live_tags(client).items()
         assert (tags["node-kind"], tags["node-type"], tags["node-status"]) == \
-            ("head", HEAD, "up-to-date")
+            ("head", HEAD, "running")
         head = watcher.nodes[head_id]
         assert (head.root / "home/ubuntu/ray_bootstrap_config.yaml").is_file()
         if name == "aws-example-full.yaml":  # Ray's head_start_ray_commands ran, as written
             assert f"ray start: {IGNORED_HEAD}" in up.stdout + up.stderr
 
-        wait_until(lambda: _statuses(client) == [("head", HEAD, "up-to-date"),
-                                                 ("worker", WORKER, "up-to-date")],
+        wait_until(lambda: _statuses(client) == [("head", HEAD, "running"),
+                                                 ("worker", WORKER, "running")],
                    120, "the worker min_workers asks for to be up")
         assert cloud_e2e.run_on_every_node(cli, tmp_path) == [HEAD, WORKER]
         [worker] = [i for i in _instances(client) if i["InstanceId"] != head_id]

@@ -82,10 +82,9 @@ class GcsServicer(pb_grpc.GcsServicer):
             node.demand = {shape_key(d.shape): d.count for d in request.demand}
             self._expire_nodes()
             # draining nodes are left out: no node forwards work to one that is about to go
-            recent = time.monotonic() - DEAD_NODES_KEPT_S
             return pb.HeartbeatReply(
                 nodes=[n.info for n in self._nodes.values() if not n.info.draining],
-                dead_nodes=[node_id for node_id, when in self._dead.items() if when > recent])
+                dead_nodes=self._recently_dead())
 
     def DrainNodes(self, request, context):
         """Before the autoscaler removes idle nodes: take them out of every node's view."""
@@ -106,7 +105,7 @@ class GcsServicer(pb_grpc.GcsServicer):
             return pb.ClusterState(nodes=[n.info for n in self._nodes.values()], demand=demand,
                                    timestamp=time.time(),
                                    pending_placement_groups=self._groups.pending(),
-                                   requested=self._requested)
+                                   requested=self._requested, dead_nodes=self._recently_dead())
 
     def RequestResources(self, request, context):
         with self._lock:
@@ -186,6 +185,10 @@ class GcsServicer(pb_grpc.GcsServicer):
         deadline = time.monotonic() - self._node_timeout_s
         for node_id in [i for i, n in self._nodes.items() if n.last_heartbeat < deadline]:
             self._drop_node(node_id, f"no heartbeat for {self._node_timeout_s:.0f}s")
+
+    def _recently_dead(self) -> list[str]:
+        recent = time.monotonic() - DEAD_NODES_KEPT_S
+        return [node_id for node_id, when in self._dead.items() if when > recent]
 
     def _drop_node(self, node_id: str, why: str):
         if self._nodes.pop(node_id, None) is None:

@@ -72,19 +72,22 @@ def test_scale_up_for_demand_then_down_when_idle(local_cluster):
     assert "All results correct." in run.stdout
     assert "on 2 node(s)" in run.stdout or "on 3 node(s)" in run.stdout or "on 4 node(s)" in run.stdout
 
-    workers = [n for n in _nodes(state).values() if n["tags"]["node-kind"] == "worker"]
-    assert 1 <= len(workers) <= 3 and {w["tags"]["node-type"] for w in workers} == {"cpu-2"}
+    workers = {i: n for i, n in _nodes(state).items() if n["tags"]["node-kind"] == "worker"}
+    assert 1 <= len(workers) <= 3
+    assert {w["tags"]["node-type"] for w in workers.values()} == {"cpu-2"}
     status = cli("status", config).stdout
     assert "launched" in status and "cpu-2" in status
 
     wait_for(lambda: len(_nodes(state)) == 1, 40, "idle workers to be terminated")
 
-    def scale_down_events():
+    def scale_down_story():
         text = cli("status", config).stdout
-        return text if "terminated" in text else None
+        return text if text.count("-> terminated") == len(workers) else None
 
-    events = wait_for(scale_down_events, 10, "the scale-down in the autoscaler's status")
-    assert events.count("idle for") == len(workers)
+    story = wait_for(scale_down_story, 10, "the scale-down in the autoscaler's status")
+    for worker in workers:  # each went the same way: drained when idle, then removed
+        assert f"{worker} -> draining: idle for" in story
+        assert f"{worker} -> terminated: terminated" in story
 
 
 def test_placement_group_launches_the_nodes_its_bundles_need(local_cluster, tmp_path):

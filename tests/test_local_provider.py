@@ -269,11 +269,11 @@ def test_put_and_get_files_and_directories(tmp_path, provider, node):
 
 
 def test_set_tags_merges(provider, node):
-    provider.set_tags(node, {"node-status": "up-to-date", "launch-hash": "abc"})
-    provider.set_tags(node, {"node-status": "update-failed"})
+    provider.set_tags(node, {"node-status": "running", "launch-hash": "abc"})
+    provider.set_tags(node, {"node-status": "install-failed"})
     tags = provider.node_tags(node)
-    assert tags["node-status"] == "update-failed" and tags["launch-hash"] == "abc"
-    assert provider.nodes({"node-status": "update-failed"}) == [node]
+    assert tags["node-status"] == "install-failed" and tags["launch-hash"] == "abc"
+    assert provider.nodes({"node-status": "install-failed"}) == [node]
 
 
 def test_unknown_node_id_is_named(provider):

@@ -1,211 +1,241 @@
-"""The reconciler against a real GCS (in-process gRPC) and a small in-memory provider.
+"""The reconciler's rules on plain values: observations in, lifecycle moves and actions out.
 
-The provider double implements the NodeProvider contract in memory so that launch failures and
-broken nodes can be produced on demand; what the reconciler does with them is the subject here.
+No provider, GCS or clock: each test writes down what the cloud lists (instances and the states
+on their tags), what the GCS reports and what the actuators finished, and reads the decision.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
-
 import pytest
 
-from autoscaler.reconciler import BACKOFF_S, Reconciler, node_states
-from launcher import tags as T
-from launcher.command_runner import CommandResult, CommandRunner
-from launcher.config import config_from_dict
-from launcher.errors import CapacityError
-from launcher.providers.base import NodeProvider
-from runtime import gcs, rpc
-from runtime.generated import runtime_pb2 as pb
-from runtime.generated import runtime_pb2_grpc as pb_grpc
+from autoscaler import lifecycle as L
+from autoscaler import planner, reactions
+from autoscaler.reconciler import (Drain, Install, Instance, Launch, Observations, Result,
+                                   RuntimeNode, Terminate, Timeouts, reconcile)
 
-TOKEN = "t" * 64
-CONFIG = config_from_dict({
-    "cluster_name": "rec", "max_workers": 4, "idle_timeout_minutes": 1,
-    "provider": {"type": "local"}, "head_node_type": "head",
-    "available_node_types": {"head": {"resources": {"CPU": 1}},
-                             "cpu-2": {"resources": {"CPU": 2}, "max_workers": 4}},
-})
+NOW = 10_000.0
+CONFIG = planner.PlannerConfig(
+    {"head": planner.NodeTypeSpec("head", {"CPU": 1}, 0, 0),
+     "cpu": planner.NodeTypeSpec("cpu", {"CPU": 2}, 0, 4),
+     "big": planner.NodeTypeSpec("big", {"CPU": 8}, 0, 2)},
+    "head", max_workers=10, upscaling_speed=1.0, idle_timeout_s=60.0)
+HEAD = Instance("head", "head", True, L.NodeLifecycle("head", L.RUNNING, 0.0))
+HEAD_ALIVE = RuntimeNode("head", {"CPU": 1}, {"CPU": 1}, -1.0)
 
 
-class _Runner(CommandRunner):
-    def __init__(self, commands: list):
-        self.commands = commands
-
-    def run(self, command, *, env=None, timeout=None, on_output=None):
-        self.commands.append(command)
-        return CommandResult(0, "")
-
-    def put(self, local_path, remote_path, *, excludes=(), filters=()):
-        pass
-
-    def shell_argv(self, command=None, port_forwards=()):
-        return ["true"]
-
-    def get(self, remote_path, local_path):
-        pass
+def worker(node_id, state, age=0.0, node_type="cpu", request=""):
+    return Instance(node_id, node_type, False, L.NodeLifecycle(node_id, state, NOW - age),
+                    request)
 
 
-class MemoryProvider(NodeProvider):
-    """Nodes are dict entries; `fail_creates` makes create raise a capacity error."""
-
-    installs_runtime = False
-
-    def __init__(self):
-        super().__init__({"type": "memory"}, "rec")
-        self.tags: dict[str, dict] = {}
-        self.fail_creates = False
-        self.create_calls = 0
-        self.commands: list[str] = []
-        self._ids = itertools.count()
-
-    def nodes(self, tag_filters):
-        return [i for i, t in self.tags.items() if tag_filters.items() <= t.items()]
-
-    def node_tags(self, node_id):
-        return dict(self.tags[node_id])
-
-    def create(self, node_type, node_config, tags, count):
-        self.create_calls += 1
-        if self.fail_creates:
-            raise CapacityError(f"no capacity for {node_type}")
-        ids = [f"n{next(self._ids)}" for _ in range(count)]
-        for node_id in ids:
-            self.tags[node_id] = {T.TAG_CLUSTER_NAME: "rec", **tags}
-        return ids
-
-    def terminate(self, node_ids):
-        for node_id in node_ids:
-            self.tags.pop(node_id, None)
-
-    def set_tags(self, node_id, tags):
-        self.tags[node_id].update(tags)
-
-    def internal_ip(self, node_id):
-        return "127.0.9.9"
-
-    def external_ip(self, node_id):
-        return None
-
-    def command_runner(self, node_id):
-        return _Runner(self.commands)
+def alive(node_id, idle_s=-1.0, cpus=2.0):
+    return RuntimeNode(node_id, {"CPU": cpus}, {"CPU": cpus if idle_s >= 0 else 0.0}, idle_s)
 
 
-@pytest.fixture
-def gcs_stub(runtime_home):  # runtime_home: node logs go to the test's own directory
-    server, port = gcs.serve("127.0.0.1", 0, TOKEN)
-    stub = pb_grpc.GcsStub(rpc.make_channel(f"127.0.0.1:{port}", TOKEN))
-    stub.RegisterNode(pb.NodeInfo(node_id="head", address="127.0.0.1:1", ip="127.0.0.1",
-                                  node_type="head", is_head=True, total={"CPU": 1}))
-    yield stub
-    server.stop(0)
+def observe(*instances, runtime=(), demand=0, **kwargs) -> Observations:
+    tasks = (planner.ResourceDemand({"CPU": 2}, demand),) if demand else ()
+    return Observations(CONFIG, {i.node_id: i for i in (HEAD, *instances)},
+                        {n.node_id: n for n in (HEAD_ALIVE, *runtime)},
+                        planner.Demand(tasks=tasks), **kwargs)
 
 
-def _queue_demand(stub, count: int):
-    stub.Heartbeat(pb.HeartbeatRequest(node_id="head", available={"CPU": 1}, idle_seconds=-1,
-                                       demand=[pb.ShapeCount(shape={"CPU": 2}, count=count)]))
+def states(decision) -> dict:
+    return {i: n.state for i, n in decision.nodes.items() if i != "head"}
 
 
-def _reconciler(stub, provider, clock):
-    provider.tags["head"] = {T.TAG_NODE_KIND: T.KIND_HEAD, T.TAG_NODE_TYPE: "head"}
-    return Reconciler(CONFIG, provider, stub, head_ip="127.0.0.1", token=TOKEN, clock=lambda: clock[0])
+def actions(decision, kind):
+    return [a for a in decision.actions if isinstance(a, kind)]
 
 
-def test_queued_demand_launches_workers_and_runs_their_start_commands(gcs_stub):
-    provider, clock = MemoryProvider(), [1000.0]
-    _queue_demand(gcs_stub, 3)
-    plan = _reconciler(gcs_stub, provider, clock).tick()
-    assert plan.launch == {"cpu-2": 3}
-    workers = provider.nodes({T.TAG_NODE_KIND: T.KIND_WORKER})
-    assert len(workers) == 3
-    # setup runs in background threads; wait for the start commands to reach every node
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(provider.commands) < 6:
-        time.sleep(0.01)
-    assert provider.commands.count("cluster start --address=$CLUSTER_HEAD_IP:6379") == 3
-    assert all(provider.tags[w][T.TAG_NODE_STATUS] == T.STATUS_UP_TO_DATE for w in workers)
+def terminated(decision) -> list:
+    return sorted(i for a in actions(decision, Terminate) for i in a.node_ids)
 
 
-def test_failed_launch_backs_the_type_off_then_retries(gcs_stub):
-    provider, clock = MemoryProvider(), [1000.0]
-    provider.fail_creates = True
-    reconciler = _reconciler(gcs_stub, provider, clock)
-    _queue_demand(gcs_stub, 2)
-    reconciler.tick()
-    assert provider.create_calls == 1
-    assert "backing off" in reconciler.events[-1]["message"]
-    clock[0] += BACKOFF_S / 2
-    reconciler.tick()
-    assert provider.create_calls == 1  # still backing off: the planner was told the type is capped
-    clock[0] += BACKOFF_S
-    provider.fail_creates = False
-    _queue_demand(gcs_stub, 2)
-    assert reconciler.tick().launch == {"cpu-2": 2}
+# -- launching ---------------------------------------------------------------------------------
+
+def test_queued_demand_launches_with_a_request_id_and_the_demand_as_reason():
+    decision = reconcile(observe(demand=3, id_prefix="abc"), NOW)
+    [launch] = actions(decision, Launch)
+    assert (launch.node_type, launch.count, launch.requested_at) == ("cpu", 3, NOW)
+    assert launch.request_id.startswith("abc-") and "CPU: 2" in launch.reason
 
 
-def test_worker_whose_setup_failed_is_replaced(gcs_stub):
-    provider, clock = MemoryProvider(), [1000.0]
-    reconciler = _reconciler(gcs_stub, provider, clock)
-    provider.tags["bad"] = {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2",
-                            T.TAG_NODE_STATUS: T.STATUS_UPDATE_FAILED}
-    reconciler.tick()
-    assert "bad" not in provider.tags
-    assert any("bad" in e["message"] and "setup failed" in e["message"] for e in reconciler.events)
+def test_a_launch_in_flight_is_not_launched_again():
+    inflight = Launch("r1", "cpu", 3, "demand", NOW - 5)
+    # one of its three instances is listed already, two are still to come
+    decision = reconcile(observe(worker("w1", L.REQUESTED, request="r1"), demand=3,
+                                 launches={"r1": inflight}), NOW)
+    assert actions(decision, Launch) == [] and states(decision) == {"w1": L.REQUESTED}
 
 
-def test_nodes_not_yet_in_the_runtime_count_as_launching_capacity():
-    provider_nodes = {"w1": {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2"}}
-    [state] = node_states(CONFIG, provider_nodes, {}, now=5.0)
-    assert state.launching and state.total == {"CPU": 2.0} and state.available == {"CPU": 2.0}
+def test_a_finished_launch_allocates_its_instances_and_installs_them():
+    launch = Launch("r1", "cpu", 2, "demand", NOW - 5)
+    decision = reconcile(observe(worker("w1", L.REQUESTED, request="r1"),
+                                 worker("w2", L.REQUESTED, request="r1"),
+                                 results=(Result(launch, node_ids=("w1", "w2")),)), NOW)
+    assert states(decision) == {"w1": L.INSTALLING, "w2": L.INSTALLING}
+    assert [a.node_id for a in actions(decision, Install)] == ["w1", "w2"]
+    assert [m.node.state for m in decision.moves] == [L.ALLOCATED, L.ALLOCATED, L.INSTALLING,
+                                                      L.INSTALLING]
+    assert any("launched 2 x cpu (w1, w2)" in e for e in decision.events)
 
 
-def _register_idle_worker(stub, provider, node_id: str, idle_seconds: float):
-    provider.tags[node_id] = {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2",
-                              T.TAG_NODE_STATUS: T.STATUS_UP_TO_DATE}
-    stub.RegisterNode(pb.NodeInfo(node_id=node_id, address="127.0.0.1:2", ip="127.0.0.1",
-                                  node_type="cpu-2", total={"CPU": 2}))
-    stub.Heartbeat(pb.HeartbeatRequest(node_id=node_id, available={"CPU": 2},
-                                       idle_seconds=idle_seconds))
+@pytest.mark.parametrize("kind", [reactions.CAPACITY, reactions.QUOTA, reactions.CONFIG])
+def test_a_refused_launch_backs_its_type_off_and_the_demand_moves_to_the_next_type(kind):
+    launch = Launch("r1", "cpu", 2, "demand", NOW - 5)
+    decision = reconcile(observe(demand=2, results=(Result(launch, error_kind=kind,
+                                                           error="no cpu"),)), NOW)
+    assert reactions.blocked(decision.backoffs, "cpu", NOW).kind == kind
+    assert [(a.node_type, a.count) for a in actions(decision, Launch)] == [("big", 1)]
+    failed = [m for m in decision.moves if not m.on_instance]
+    assert [(m.node.node_id, m.node.state) for m in failed] == [("r1", L.ALLOCATION_FAILED)]
+    assert any(f"failed ({kind})" in e and "no cpu" in e for e in decision.events)
 
 
-def test_idle_worker_is_drained_from_every_view_then_removed(gcs_stub):
-    provider, clock = MemoryProvider(), [1000.0]
-    reconciler = _reconciler(gcs_stub, provider, clock)
-    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=120)
-    views = []
-    reconciler.sleep = lambda _: views.append(
-        [n.node_id for n in gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="head")).nodes])
-    plan = reconciler.tick()
-    assert [node_id for node_id, _ in plan.terminate] == ["w1"]
-    assert views == [["head"]]  # while draining, no node saw w1 to forward work to it
-    assert "w1" not in provider.tags
+def test_a_backed_off_type_keeps_its_nodes_but_does_not_grow():
+    backoffs = reactions.react({}, "big", reactions.CAPACITY, "none", NOW)
+    backoffs = reactions.react(backoffs, "cpu", reactions.CAPACITY, "none", NOW)
+    decision = reconcile(observe(worker("w1", L.RUNNING), runtime=[alive("w1")], demand=5,
+                                 backoffs=backoffs), NOW)
+    assert actions(decision, Launch) == [] and states(decision) == {"w1": L.RUNNING}
+    assert decision.plan.unfulfilled
 
 
-def test_worker_that_gets_work_while_draining_is_kept(gcs_stub):
-    provider, clock = MemoryProvider(), [1000.0]
-    reconciler = _reconciler(gcs_stub, provider, clock)
-    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=120)
-    reconciler.sleep = lambda _: gcs_stub.Heartbeat(  # a task forwarded just before the drain
-        pb.HeartbeatRequest(node_id="w1", available={"CPU": 0}, idle_seconds=-1))
-    reconciler.tick()
-    assert "w1" in provider.tags
-    assert "kept w1: it got work while being drained" in reconciler.events[-1]["message"]
-    view = gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="head")).nodes
-    assert "w1" in [n.node_id for n in view]  # undrained: it may take work again
+def test_an_auth_error_stops_every_launch_until_it_expires():
+    backoffs = reactions.react({}, "cpu", reactions.AUTH, "AuthFailure", NOW)
+    assert actions(reconcile(observe(demand=2, backoffs=backoffs), NOW + 1), Launch) == []
+    later = NOW + reactions.STOP_S + 1
+    assert actions(reconcile(observe(demand=2, backoffs=backoffs), later), Launch)
 
 
-def test_pending_placement_group_and_requested_resources_launch_workers(gcs_stub):
-    provider, clock = MemoryProvider(), [1000.0]
-    # STRICT_SPREAD of two 2-CPU bundles: each needs its own cpu-2 worker
-    gcs_stub.CreatePlacementGroup(pb.PlacementGroupInfo(
-        pg_id="a" * 32, strategy="STRICT_SPREAD",
-        bundles=[pb.Bundle(resources={"CPU": 2})] * 2))
-    plan = _reconciler(gcs_stub, provider, clock).tick()
-    assert plan.launch == {"cpu-2": 2}
+def test_a_successful_launch_ends_the_back_off_of_its_type():
+    backoffs = reactions.react({}, "cpu", reactions.CAPACITY, "none", NOW - 100)
+    launch = Launch("r1", "cpu", 1, "demand", NOW - 5)
+    decision = reconcile(observe(worker("w1", L.REQUESTED, request="r1"), backoffs=backoffs,
+                                 results=(Result(launch, node_ids=("w1",)),)), NOW)
+    assert "cpu" not in decision.backoffs
 
-    provider, clock = MemoryProvider(), [1000.0]
-    gcs_stub.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id="a" * 32))
-    gcs_stub.RequestResources(pb.ResourceRequest(bundles=[pb.Bundle(resources={"CPU": 2})]))
-    assert _reconciler(gcs_stub, provider, clock).tick().launch == {"cpu-2": 1}
+
+# -- installing --------------------------------------------------------------------------------
+
+def test_installs_end_in_running_or_install_failed_and_a_failed_node_is_replaced():
+    a, b = Install("w1", "cpu"), Install("w2", "cpu")
+    decision = reconcile(observe(worker("w1", L.INSTALLING), worker("w2", L.INSTALLING), demand=2,
+                                 results=(Result(a, detail="setup, start in 3.0s"),
+                                          Result(b, error_kind="other", error="exit 7"))), NOW)
+    assert states(decision) == {"w1": L.RUNNING, "w2": L.TERMINATING}
+    assert terminated(decision) == ["w2"]
+    assert [(a.node_type, a.count) for a in actions(decision, Launch)] == [("cpu", 1)]
+    history = [s.state for s in decision.nodes["w2"].history]
+    assert history[-2:] == [L.INSTALL_FAILED, L.TERMINATING]
+
+
+def test_an_install_that_outlives_its_timeout_fails_and_the_node_goes():
+    decision = reconcile(observe(worker("w1", L.INSTALLING, age=901),
+                                 in_flight=frozenset({"w1"})), NOW)
+    assert terminated(decision) == ["w1"]
+    assert decision.nodes["w1"].history[-2:][0].reason == "still installing after 900s"
+
+
+def test_a_result_for_a_node_no_longer_installing_is_ignored():
+    decision = reconcile(observe(worker("w1", L.TERMINATING),
+                                 results=(Result(Install("w1", "cpu")),)), NOW)
+    assert states(decision) == {"w1": L.TERMINATING} and decision.moves == ()
+
+
+# -- restart-resume: only the tags and the GCS survive the autoscaler ---------------------------
+
+def test_after_a_restart_an_instance_whose_launch_ended_unseen_is_adopted_and_installed():
+    decision = reconcile(observe(worker("w1", L.REQUESTED, request="gone")), NOW)
+    assert states(decision) == {"w1": L.INSTALLING}
+    assert [a.node_id for a in actions(decision, Install)] == ["w1"]
+
+
+def test_after_a_restart_an_install_nobody_runs_is_resumed_without_a_move():
+    decision = reconcile(observe(worker("w1", L.INSTALLING, age=30)), NOW)
+    assert [a.node_id for a in actions(decision, Install)] == ["w1"] and decision.moves == ()
+    assert any("resuming the setup of w1" in e for e in decision.events)
+
+
+def test_an_install_still_running_is_left_alone():
+    decision = reconcile(observe(worker("w1", L.INSTALLING, age=30),
+                                 in_flight=frozenset({"w1"})), NOW)
+    assert decision.actions == () and decision.moves == ()
+
+
+def test_after_a_restart_a_drain_in_progress_is_finished():
+    decision = reconcile(observe(worker("w1", L.DRAINING, age=5), runtime=[alive("w1", 90)]), NOW)
+    assert terminated(decision) == ["w1"]
+
+
+def test_a_termination_still_listed_is_asked_again_after_a_while():
+    assert terminated(reconcile(observe(worker("w1", L.TERMINATING, age=10)), NOW)) == []
+    assert terminated(reconcile(observe(worker("w1", L.TERMINATING, age=61)), NOW)) == ["w1"]
+
+
+# -- running nodes -----------------------------------------------------------------------------
+
+def test_a_dead_node_leaves_at_once_with_the_reason_and_its_work_is_relaunched_for():
+    decision = reconcile(observe(worker("w1", L.RUNNING, age=500), worker("w2", L.RUNNING),
+                                 runtime=[alive("w2")], dead=frozenset({"w1"}), demand=1), NOW)
+    assert terminated(decision) == ["w1"]
+    assert decision.nodes["w1"].history[-1].reason == "node died (heartbeats missed)"
+    assert [(a.node_type, a.count) for a in actions(decision, Launch)] == [("cpu", 1)]
+
+
+def test_a_node_that_never_joins_is_replaced_after_the_join_timeout_only():
+    timeouts = Timeouts(join_s=300)
+    assert terminated(reconcile(observe(worker("w1", L.RUNNING, age=200), timeouts=timeouts),
+                                NOW)) == []
+    decision = reconcile(observe(worker("w1", L.RUNNING, age=301), timeouts=timeouts), NOW)
+    assert terminated(decision) == ["w1"]
+    assert "did not join the cluster within 300s" in decision.nodes["w1"].history[-1].reason
+
+
+def test_one_broken_node_never_terminates_healthy_ones():
+    decision = reconcile(observe(worker("bad", L.INSTALL_FAILED), worker("w1", L.RUNNING),
+                                 worker("w2", L.RUNNING), worker("w3", L.INSTALLING),
+                                 runtime=[alive("w1"), alive("w2")], dead=frozenset({"gone"}),
+                                 in_flight=frozenset({"w3"})), NOW)
+    assert terminated(decision) == ["bad"]
+    assert states(decision) == {"bad": L.TERMINATING, "w1": L.RUNNING, "w2": L.RUNNING,
+                                "w3": L.INSTALLING}
+
+
+def test_the_head_is_never_moved_or_terminated_by_the_autoscaler():
+    dead_head = Observations(CONFIG, {"head": HEAD}, {}, planner.Demand(),
+                             dead=frozenset({"head"}))
+    decision = reconcile(dead_head, NOW)
+    assert decision.moves == () and terminated(decision) == []
+
+
+# -- scale-down --------------------------------------------------------------------------------
+
+def test_an_idle_worker_is_drained_first_then_removed_on_a_later_step():
+    first = reconcile(observe(worker("w1", L.RUNNING, age=500), runtime=[alive("w1", 120)]), NOW)
+    assert states(first) == {"w1": L.DRAINING} and actions(first, Drain) == [Drain(("w1",))]
+    assert terminated(first) == []
+    draining = worker("w1", L.DRAINING, age=0)
+    assert terminated(reconcile(observe(draining, runtime=[alive("w1", 121)]), NOW)) == []
+    later = reconcile(observe(worker("w1", L.DRAINING, age=2), runtime=[alive("w1", 122)]), NOW)
+    assert terminated(later) == ["w1"]
+
+
+def test_a_draining_worker_that_got_work_is_kept_and_undrained():
+    decision = reconcile(observe(worker("w1", L.DRAINING, age=2), runtime=[alive("w1", -1)]), NOW)
+    assert states(decision) == {"w1": L.RUNNING}
+    assert actions(decision, Drain) == [Drain(("w1",), undrain=True)] and terminated(decision) == []
+
+
+def test_a_vanished_instance_is_recorded_as_terminated_with_the_reason():
+    known = {"w1": L.NodeLifecycle("w1", L.RUNNING, 1.0), "w2": L.NodeLifecycle("w2", L.TERMINATING, 2.0)}
+    decision = reconcile(observe(known=known), NOW)
+    gone = {m.node.node_id: m.node.history[-1].reason for m in decision.moves}
+    assert gone == {"w1": "vanished from the provider's listing", "w2": "terminated"}
+    assert all(not m.on_instance and m.node.state == L.TERMINATED for m in decision.moves)
+
+
+def test_the_same_observations_give_the_same_decision():
+    obs = observe(worker("w1", L.RUNNING, age=500), worker("w2", L.ALLOCATED),
+                  runtime=[alive("w1", 120)], demand=4, id_prefix="p")
+    assert reconcile(obs, NOW) == reconcile(obs, NOW)

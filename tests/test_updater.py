@@ -50,7 +50,7 @@ def test_unchanged_config_runs_nothing(node, tmp_path):
     assert _run(provider, node_id, config) == ["files", "setup", "start"]
     assert _run(provider, node_id, config) == []
     assert (_lines(provider, node_id, "setup.log"), _lines(provider, node_id, "start.log")) == (1, 1)
-    assert provider.node_tags(node_id)[T.TAG_NODE_STATUS] == T.STATUS_UP_TO_DATE
+    assert provider.node_tags(node_id)[T.TAG_INSTALL_STAGE] == T.STAGE_DONE
 
 
 def test_edited_setup_command_reruns_setup_and_start_only(node, tmp_path):
@@ -76,12 +76,12 @@ def test_restart_only_runs_the_start_commands(node, tmp_path):
     assert _lines(provider, node_id, "start.log") == 2
 
 
-def test_failing_setup_marks_the_node_and_says_why_in_one_line(node, tmp_path):
+def test_failing_setup_says_why_in_one_line_and_stops_there(node, tmp_path):
     provider, node_id = node
     with pytest.raises(UpdateFailed) as info:
         _run(provider, node_id, _config(tmp_path, setup="echo boom-output; exit 7"))
     message = str(info.value)
     assert node_id in message and "exited with code 7" in message and "boom-output" in message
     assert "\n" not in message
-    assert provider.node_tags(node_id)[T.TAG_NODE_STATUS] == T.STATUS_UPDATE_FAILED
+    assert provider.node_tags(node_id)[T.TAG_INSTALL_STAGE] == T.STAGE_SETTING_UP
     assert _lines(provider, node_id, "start.log") == 0  # nothing was started after the failure

@@ -1,0 +1,201 @@
+"""The autoscaler's loop body: observe, reconcile, record, act, publish.
+
+Each `tick` lists the provider's instances (their lifecycle states from their tags), reads the
+GCS's cluster state, takes what the actuators finished, hands all of it to the pure
+`reconciler.reconcile`, writes the lifecycle moves it returns to the instances' tags, starts its
+actions in the background (autoscaler.actuators) and publishes the status (`cluster status`)
+to the GCS's KV. The published status carries each node's history and the back-offs, and a
+restarted autoscaler reads them back first: with the states in the tags, it resumes where its
+predecessor stopped (an install in flight is resumed, a launch that ended unseen is adopted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Callable, Mapping, Optional
+
+from autoscaler import lifecycle as L
+from autoscaler import planner, reactions
+from autoscaler.actuators import Actuators
+from autoscaler.reconciler import Decision, Instance, Observations, RuntimeNode, Timeouts, reconcile
+from launcher import tags as T
+from launcher.errors import LauncherError
+from launcher.runtime_install import RuntimeInstaller
+from runtime.session import AUTOSCALER_STATUS_KEY
+
+log = logging.getLogger("autoscaler")
+
+MAX_EVENTS = 30
+HISTORY_KEPT = 12  # steps of each node's history in the published status
+
+
+def planner_config(config) -> planner.PlannerConfig:
+    """The planner's view of the cluster config."""
+    types = {name: planner.NodeTypeSpec(name, dict(t.resources), t.min_workers, t.max_workers)
+             for name, t in config.node_types.items()}
+    return planner.PlannerConfig(types, config.head_node_type, config.max_workers,
+                                 config.upscaling_speed, config.idle_timeout_s)
+
+
+def demand_from(cluster_state) -> planner.Demand:
+    """The GCS's view of what waits: queued work by shape, placement groups not placed yet, and
+    the bundles request_resources() asked room for."""
+    return planner.Demand(
+        tasks=tuple(planner.ResourceDemand(dict(d.shape), d.count) for d in cluster_state.demand),
+        placement_groups=tuple(
+            planner.PlacementGroupDemand(tuple(dict(b.resources) for b in g.bundles), g.strategy)
+            for g in cluster_state.pending_placement_groups),
+        requested=tuple(dict(b.resources) for b in cluster_state.requested),
+    )
+
+
+def instances_from(node_tags: Mapping[str, Mapping[str, str]],
+                   known: Mapping[str, L.NodeLifecycle]) -> dict[str, Instance]:
+    """The provider's listing (node id -> tags) as Instances; histories from `known` when the
+    state in the tags is the one known (else the tags win: another process moved the node)."""
+    instances = {}
+    for node_id, tags in node_tags.items():
+        node = L.from_tags(node_id, tags)
+        previous = known.get(node_id)
+        if previous is not None and previous.state == node.state:
+            node = previous
+        elif not node.history:
+            node = L.NodeLifecycle(node_id, node.state, node.since,
+                                   (L.Step(node.state, node.since, "as its tags say"),))
+        instances[node_id] = Instance(node_id, tags.get(T.TAG_NODE_TYPE, ""),
+                                      tags.get(T.TAG_NODE_KIND) == T.KIND_HEAD, node,
+                                      tags.get(T.TAG_LAUNCH_REQUEST, ""))
+    return instances
+
+
+class Autoscaler:
+    def __init__(self, config, provider, gcs, head_ip: str, token: str,
+                 clock: Callable[[], float] = time.time, timeouts: Timeouts = Timeouts()):
+        self.config, self.provider, self.gcs, self.clock = config, provider, gcs, clock
+        self.timeouts = timeouts
+        installer = (RuntimeInstaller(log.info, provider.runtime_extras)
+                     if provider.installs_runtime else None)
+        self.actuators = Actuators(config, provider, gcs, head_ip, token, installer)
+        self.events: deque = deque(maxlen=MAX_EVENTS)
+        self.known: dict[str, L.NodeLifecycle] = {}
+        self.gone: deque = deque(maxlen=MAX_EVENTS)  # nodes terminated, launches refused
+        self.backoffs: reactions.Backoffs = {}
+        self._id_prefix = uuid.uuid4().hex[:6]
+        self._lock = threading.Lock()
+        self._restore()
+
+    def tick(self) -> Decision:
+        from runtime.generated import runtime_pb2 as pb
+
+        done = self.actuators.snapshot()  # before listing: a launch ending after is in flight
+        now = self.clock()
+        listing = {node_id: self.provider.node_tags(node_id) for node_id in self.provider.nodes({})}
+        state = self.gcs.GetClusterState(pb.Empty(), timeout=10)
+        runtime = {n.node_id: RuntimeNode(n.node_id, dict(n.total), dict(n.available),
+                                          n.idle_seconds) for n in state.nodes}
+        observations = Observations(
+            planner_config(self.config), instances_from(listing, self.known), runtime,
+            demand_from(state), frozenset(state.dead_nodes), dict(self.known), done.results,
+            done.busy_nodes, done.launches, self.backoffs, self._id_prefix, self.timeouts)
+        decision = reconcile(observations, now)
+        self._record(decision, listing)
+        for action in decision.actions:
+            self.actuators.start(action)
+        self._publish(decision, listing, runtime, state, now)
+        return decision
+
+    def _record(self, decision: Decision, listing: Mapping) -> None:
+        """Write the moves to the instances' tags (the last one per node is enough: the tags
+        hold the current state) and keep the histories for the next tick."""
+        last = {move.node.node_id: move.node for move in decision.moves
+                if move.on_instance and move.node.state not in L.FINAL}
+        for node_id, node in last.items():
+            if node_id in listing:
+                try:
+                    self.provider.set_tags(node_id, L.tags_of(node))
+                except LauncherError as exc:  # gone meanwhile: the next listing shows it
+                    log.warning("recording %s -> %s failed: %s", node_id, node.state, exc)
+        with self._lock:
+            for move in decision.moves:
+                if not move.on_instance:
+                    self.gone.append(move.node)
+            for message in decision.events:
+                log.info(message)
+                self.events.append({"time": self.clock(), "message": message})
+        self.known = dict(decision.nodes)
+        self.backoffs = decision.backoffs
+
+    def _restore(self) -> None:
+        """Histories, back-offs and events a predecessor published, if the GCS has them."""
+        from runtime.generated import runtime_pb2 as pb
+
+        try:
+            reply = self.gcs.KvGet(pb.KvRequest(key=AUTOSCALER_STATUS_KEY), timeout=10)
+        except Exception as exc:  # no GCS yet: start from the tags alone
+            log.warning("no previous autoscaler status to resume from: %s", exc)
+            return
+        if not reply.found:
+            return
+        status = json.loads(reply.value)
+        for row in status.get("nodes", []):
+            steps = tuple(L.Step(*step) for step in row.get("history", []))
+            if steps:
+                self.known[row["node_id"]] = L.NodeLifecycle(row["node_id"], steps[-1].state,
+                                                             steps[-1].time, steps)
+        self.backoffs = {b["node_type"]: reactions.Backoff(**b) for b in status.get("backoffs", [])}
+        self.events.extend(status.get("events", []))
+        log.info("resumed: %d node histories, %d back-offs", len(self.known), len(self.backoffs))
+
+    def _publish(self, decision: Decision, listing, runtime, state, now: float) -> None:
+        from runtime.generated import runtime_pb2 as pb
+
+        status = status_document(self.config.cluster_name, decision, listing, runtime, state, now,
+                                 ip=self.provider.internal_ip)
+        with self._lock:
+            status["events"] = list(self.events)
+            status["gone"] = [_node_row(n) for n in self.gone]
+        self.gcs.KvPut(pb.KvRequest(key=AUTOSCALER_STATUS_KEY, value=json.dumps(status).encode(),
+                                    overwrite=True), timeout=10)
+
+    def shutdown(self) -> None:
+        self.actuators.shutdown()
+
+
+def status_document(cluster_name: str, decision: Decision, listing: Mapping, runtime: Mapping,
+                    state, now: float, ip: Callable[[str], str]) -> dict:
+    """What `cluster status` shows, as one JSON document (see autoscaler.status for its use)."""
+    nodes = []
+    for node_id, tags in sorted(listing.items()):
+        node = decision.nodes.get(node_id) or L.from_tags(node_id, tags)
+        alive: Optional[RuntimeNode] = runtime.get(node_id)
+        nodes.append({
+            **_node_row(node),
+            "node_type": tags.get(T.TAG_NODE_TYPE, ""),
+            "kind": tags.get(T.TAG_NODE_KIND, ""),
+            "ip": ip(node_id),
+            "stage": tags.get(T.TAG_INSTALL_STAGE, ""),
+            "total": dict(alive.total) if alive else {},
+            "available": dict(alive.available) if alive else {},
+            "idle_s": alive.idle_s if alive else -1,
+        })
+    plan = decision.plan
+    return {
+        "time": now,
+        "cluster_name": cluster_name,
+        "nodes": nodes,
+        "demand": [{"shape": dict(d.shape), "count": d.count} for d in state.demand],
+        "infeasible": [dict(s) for s in plan.infeasible],
+        "unfulfilled": dict(plan.unfulfilled),
+        "launching": dict(plan.launch),
+        "backoffs": [vars(b) for b in decision.backoffs.values() if b.active(now)],
+    }
+
+
+def _node_row(node: L.NodeLifecycle) -> dict:
+    return {"node_id": node.node_id, "state": node.state, "since": node.since,
+            "history": [[s.state, s.time, s.reason] for s in node.history[-HISTORY_KEPT:]]}
