@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 from autoscaler import lifecycle as L
 from autoscaler import reactions
-from autoscaler.reconciler import Drain, Install, Launch, Result, Terminate
+from autoscaler.actions import Drain, Install, Launch, Result, Terminate
 from launcher import tags as T
 from launcher.errors import LauncherError
 from launcher.updater import NodeUpdater, launch_hash, node_env

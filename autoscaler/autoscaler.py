@@ -22,10 +22,12 @@ from typing import Callable, Mapping, Optional
 from autoscaler import lifecycle as L
 from autoscaler import planner, reactions
 from autoscaler.actuators import Actuators
-from autoscaler.reconciler import Decision, Instance, Observations, RuntimeNode, Timeouts, reconcile
+from autoscaler.reconciler import (REPLACE_HASHES, SETUP_HASHES, Decision, Instance, Observations,
+                                   Policy, RuntimeNode, reconcile)
 from launcher import tags as T
 from launcher.errors import LauncherError
 from launcher.runtime_install import RuntimeInstaller
+from launcher.updater import NodeUpdater, launch_hash
 from runtime.session import AUTOSCALER_STATUS_KEY
 
 log = logging.getLogger("autoscaler")
@@ -69,17 +71,32 @@ def instances_from(node_tags: Mapping[str, Mapping[str, str]],
                                    (L.Step(node.state, node.since, "as its tags say"),))
         instances[node_id] = Instance(node_id, tags.get(T.TAG_NODE_TYPE, ""),
                                       tags.get(T.TAG_NODE_KIND) == T.KIND_HEAD, node,
-                                      tags.get(T.TAG_LAUNCH_REQUEST, ""))
+                                      tags.get(T.TAG_LAUNCH_REQUEST, ""),
+                                      {k: tags[k] for k in REPLACE_HASHES + SETUP_HASHES
+                                       if k in tags})
     return instances
+
+
+def wanted_hashes(config, provider, installer) -> dict[str, dict[str, str]]:
+    """Per worker type, the hash tags an up-to-date worker carries (what its updater would
+    write now). Read once: the config and the head's file mounts do not change while this
+    autoscaler runs (`cluster up` restarts it when they do)."""
+    wanted = {}
+    for name, spec in config.worker_types().items():
+        updater = NodeUpdater(provider, "", config, T.KIND_WORKER, name, installer=installer)
+        wanted[name] = {**updater.wanted_hashes(),
+                        T.TAG_LAUNCH_HASH: launch_hash(spec.node_config, config.auth)}
+    return wanted
 
 
 class Autoscaler:
     def __init__(self, config, provider, gcs, head_ip: str, token: str,
-                 clock: Callable[[], float] = time.time, timeouts: Timeouts = Timeouts()):
+                 clock: Callable[[], float] = time.time, policy: Policy = Policy()):
         self.config, self.provider, self.gcs, self.clock = config, provider, gcs, clock
-        self.timeouts = timeouts
+        self.policy = policy
         installer = (RuntimeInstaller(log.info, provider.runtime_extras)
                      if provider.installs_runtime else None)
+        self.wanted = wanted_hashes(config, provider, installer)
         self.actuators = Actuators(config, provider, gcs, head_ip, token, installer)
         self.events: deque = deque(maxlen=MAX_EVENTS)
         self.known: dict[str, L.NodeLifecycle] = {}
@@ -101,7 +118,8 @@ class Autoscaler:
         observations = Observations(
             planner_config(self.config), instances_from(listing, self.known), runtime,
             demand_from(state), frozenset(state.dead_nodes), dict(self.known), done.results,
-            done.busy_nodes, done.launches, self.backoffs, self._id_prefix, self.timeouts)
+            done.busy_nodes, done.launches, self.backoffs, self._id_prefix, self.policy,
+            self.wanted)
         decision = reconcile(observations, now)
         self._record(decision, listing)
         for action in decision.actions:

@@ -13,11 +13,14 @@ Per worker, by state (the head's lifecycle belongs to `cluster up`):
   installing    no install running (restart): resume it; past the install timeout: failed
   install-failed  terminate it (it is replaced through the demand it leaves unmet)
   running       declared dead by the GCS: terminate ("node died"); not joined within the join
-                timeout: terminate
-  draining      got work: running again; else after a short settle, or dead: terminate
+                timeout: terminate; its files, setup or start commands changed: install again
+  draining      drained when idle: got work, running again; else after a short settle, or
+                dead: terminate. Drained as outdated: terminate once idle or at the drain timeout
   terminating   still listed long after the terminate call: ask again
   preempted     terminate what is left
-An instance that was known and is no longer listed is terminated (history only).
+An instance that was known and is no longer listed is terminated (history only). Workers whose
+machine (launch hash) or runtime is outdated are drained a few at a time (Policy.replace_fraction
+of max_workers) and replaced through the demand they no longer take.
 Then the planner decides launches and scale-down on the nodes that remain; a back-off (see
 autoscaler.reactions) caps its type at the count it has.
 """
@@ -26,22 +29,29 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional
 
 from autoscaler import lifecycle as L
 from autoscaler import planner, reactions
+from autoscaler.actions import Action, Drain, Install, Launch, Result, Terminate
 from autoscaler.status import format_shape
+from launcher import tags as T
+
+REPLACE_HASHES = (T.TAG_LAUNCH_HASH, T.TAG_RUNTIME_HASH)  # differ: a new machine is needed
+SETUP_HASHES = (T.TAG_FILES_HASH, T.TAG_SETUP_HASH, T.TAG_START_HASH)  # differ: set up again
 
 
 @dataclass(frozen=True)
-class Timeouts:
-    """How long a node may stay in a state before it is moved on (`cluster status` shows ages)."""
+class Policy:
+    """How long a node may stay in a state before it is moved on (`cluster status` shows ages),
+    and how fast outdated workers are replaced."""
 
     install_s: float = 900.0  # installing -> install-failed
     join_s: float = 300.0  # running, never seen by the GCS -> terminating
     drain_s: float = 120.0  # draining while busy (a replaced outdated worker) -> terminating
     settle_s: float = 1.0  # draining: a few heartbeats for work forwarded before the drain to show
     terminate_retry_s: float = 60.0  # terminating, still listed -> ask the cloud again
+    replace_fraction: float = 0.25  # of max_workers: outdated workers replaced at once (>= 1)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Instance:
     is_head: bool
     lifecycle: L.NodeLifecycle
     launch_request: str = ""  # the Launch that created it
+    hashes: Mapping[str, str] = field(default_factory=dict)  # the updater's stage tags, launch hash
 
 
 @dataclass(frozen=True)
@@ -63,50 +74,6 @@ class RuntimeNode:
     total: Mapping[str, float]
     available: Mapping[str, float]
     idle_s: float  # seconds idle; negative: busy
-
-
-@dataclass(frozen=True)
-class Launch:
-    request_id: str
-    node_type: str
-    count: int
-    reason: str
-    requested_at: float
-
-
-@dataclass(frozen=True)
-class Install:
-    node_id: str
-    node_type: str
-
-
-@dataclass(frozen=True)
-class Drain:
-    node_ids: tuple[str, ...]
-    undrain: bool = False
-
-
-@dataclass(frozen=True)
-class Terminate:
-    node_ids: tuple[str, ...]
-
-
-Action = Union[Launch, Install, Drain, Terminate]
-
-
-@dataclass(frozen=True)
-class Result:
-    """An action that ended: success, or an error's class (autoscaler.reactions) and one line."""
-
-    action: Action
-    node_ids: tuple[str, ...] = ()  # a Launch: the instances it created
-    error_kind: str = ""  # "" on success
-    error: str = ""
-    detail: str = ""  # on success, for the event line (e.g. the stages an install ran)
-
-    @property
-    def ok(self) -> bool:
-        return not self.error_kind
 
 
 @dataclass(frozen=True)
@@ -132,7 +99,11 @@ class Observations:
     launches: Mapping[str, Launch] = field(default_factory=dict)  # still running, by request id
     backoffs: reactions.Backoffs = field(default_factory=dict)
     id_prefix: str = "launch"  # new request ids start with it (unique per autoscaler process)
-    timeouts: Timeouts = Timeouts()
+    policy: Policy = Policy()
+    # node type -> the hash tags an up-to-date worker of it carries (launcher.tags): a worker
+    # whose launch or runtime hash differs is replaced, one whose files, setup or start commands
+    # differ is set up again in place. Empty: nothing is compared.
+    wanted: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +124,7 @@ def reconcile(observations: Observations, now: float) -> Decision:
     for instance in sorted(observations.instances.values(), key=lambda i: i.node_id):
         if not instance.is_head:
             step.advance(instance)
+    step.replace_outdated()
     plan = step.plan()
     return Decision(tuple(step.moves), tuple(step.actions), step.backoffs, tuple(step.events),
                     plan, {i: step.nodes[i] for i in observations.instances})
@@ -258,7 +230,7 @@ class _Step:
     # -- per node ---------------------------------------------------------------------------
 
     def advance(self, instance: Instance) -> None:
-        node_id, timeouts = instance.node_id, self.obs.timeouts
+        node_id, policy = instance.node_id, self.obs.policy
         node, busy = self.nodes[node_id], node_id in self.obs.in_flight
         alive = self.obs.runtime.get(node_id)
         if node.state == L.REQUESTED and instance.launch_request not in self.obs.launches:
@@ -267,8 +239,8 @@ class _Step:
         if node.state == L.ALLOCATED and not busy:
             self.install(node_id, resumed=False)
         elif node.state == L.INSTALLING:
-            if node.age(self.now) > timeouts.install_s:
-                reason = f"still installing after {timeouts.install_s:.0f}s"
+            if node.age(self.now) > policy.install_s:
+                reason = f"still installing after {policy.install_s:.0f}s"
                 self.move(node_id, L.INSTALL_FAILED, reason)
                 self.terminate(node_id, reason)
             elif not busy:
@@ -279,24 +251,65 @@ class _Step:
         elif node.state == L.RUNNING:
             if node_id in self.obs.dead:
                 self.terminate(node_id, "node died (heartbeats missed)")
-            elif alive is None and node.age(self.now) > timeouts.join_s:
+            elif alive is None and node.age(self.now) > policy.join_s:
                 self.terminate(node_id, f"it did not join the cluster within "
-                                        f"{timeouts.join_s:.0f}s")
+                                        f"{policy.join_s:.0f}s")
+            elif self._stale(instance, SETUP_HASHES) and not busy and not self._outdated(instance):
+                self.move(node_id, L.INSTALLING, f"its {self._stale(instance, SETUP_HASHES)} "
+                                                 "changed: set up again in place")
+                self.install(node_id, resumed=False)
         elif node.state == L.DRAINING:
-            self._drain_step(node_id, node, alive)
+            self._drain_step(instance, node, alive)
         elif node.state == L.TERMINATING and not busy and \
-                node.age(self.now) > timeouts.terminate_retry_s:
+                node.age(self.now) > policy.terminate_retry_s:
             self.terminating.append(node_id)  # still listed: ask again
 
-    def _drain_step(self, node_id: str, node: L.NodeLifecycle, alive: Optional[RuntimeNode]):
+    def _drain_step(self, instance: Instance, node: L.NodeLifecycle,
+                    alive: Optional[RuntimeNode]):
+        """An idle node drained for scale-down goes unless work reached it; an outdated one
+        goes once its running work ended, or at its drain timeout."""
+        node_id = instance.node_id
         if alive is None or node_id in self.obs.dead:
             self.terminate(node_id, "drained (it left the runtime)")
+        elif self._outdated(instance):
+            if alive.idle_s >= 0 or node.age(self.now) > self.obs.policy.drain_s:
+                self.terminate(node_id, f"replaced: its {self._outdated(instance)} is outdated")
         elif alive.idle_s < 0:
             self.move(node_id, L.RUNNING, "it got work while being drained")
             self.actions.append(Drain((node_id,), undrain=True))
             self.events.append(f"kept {node_id}: it got work while being drained")
-        elif node.age(self.now) >= self.obs.timeouts.settle_s:
+        elif node.age(self.now) >= self.obs.policy.settle_s:
             self.terminate(node_id, node.history[-1].reason if node.history else "drained")
+
+    def _stale(self, instance: Instance, tags: tuple) -> str:
+        """Which of the hash `tags` differ from what the config wants of its type ("" none)."""
+        wanted = self.obs.wanted.get(instance.node_type, {})
+        stale = [tag.removesuffix("-hash") for tag in tags
+                 if tag in wanted and instance.hashes.get(tag) != wanted[tag]]
+        return " and ".join(stale)
+
+    def _outdated(self, instance: Instance) -> str:
+        return self._stale(instance, REPLACE_HASHES)
+
+    def replace_outdated(self) -> None:
+        """Drain running workers whose machine or runtime is outdated, a few at a time: their
+        queued work goes to the replacements the planner launches, their running work ends."""
+        budget = max(1, int(self.obs.config.max_workers * self.obs.policy.replace_fraction))
+        outdated = [i for i in self.obs.instances.values()
+                    if not i.is_head and self._outdated(i) and self._state(i.node_id) in
+                    (L.RUNNING, L.DRAINING) and i.node_id not in self.terminating]
+        budget -= sum(self._state(i.node_id) == L.DRAINING for i in outdated)
+        for instance in sorted(outdated, key=lambda i: i.node_id):
+            if budget <= 0:
+                break
+            if self._state(instance.node_id) == L.RUNNING and \
+                    instance.node_id in self.obs.runtime:
+                self.move(instance.node_id, L.DRAINING,
+                          f"its {self._outdated(instance)} is outdated: replacing it")
+                self.actions.append(Drain((instance.node_id,)))
+                self.events.append(f"replacing {instance.node_id} ({instance.node_type}): "
+                                   f"its {self._outdated(instance)} is outdated")
+                budget -= 1
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -336,8 +349,10 @@ class _Step:
                 continue
             if alive is not None:
                 idle_since = self.now - alive.idle_s if alive.idle_s >= 0 else None
+                leaving = state == L.DRAINING and self._outdated(instance)
                 nodes.append(planner.NodeState(node_id, instance.node_type, instance.is_head,
-                                               dict(alive.total), dict(alive.available),
+                                               dict(alive.total),
+                                               {} if leaving else dict(alive.available),
                                                idle_since))
             elif node_id not in self.obs.dead:
                 spec = config.node_types.get(instance.node_type)

@@ -179,9 +179,11 @@ def test_worker_whose_setup_failed_is_replaced(gcs_stub):
     assert "terminating bad (cpu-2): its setup failed" in _messages(autoscaler)
 
 
-def _register_idle_worker(stub, provider, node_id: str, idle_seconds: float):
-    provider.tags[node_id] = {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2",
-                              T.TAG_NODE_STATUS: L.RUNNING}
+def _register_idle_worker(stub, autoscaler, node_id: str, idle_seconds: float, **tags):
+    """A running cpu-2 worker, up to date unless `tags` say otherwise."""
+    autoscaler.provider.tags[node_id] = {
+        T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: "cpu-2", T.TAG_NODE_STATUS: L.RUNNING,
+        **autoscaler.wanted["cpu-2"], **tags}
     stub.RegisterNode(pb.NodeInfo(node_id=node_id, address="127.0.0.1:2", ip="127.0.0.1",
                                   node_type="cpu-2", total={"CPU": 2}))
     stub.Heartbeat(pb.HeartbeatRequest(node_id=node_id, available={"CPU": 2},
@@ -195,7 +197,7 @@ def _view(stub) -> list:
 def test_idle_worker_is_drained_from_every_view_then_removed(gcs_stub):
     provider, clock = MemoryProvider(), [1000.0]
     autoscaler = _autoscaler(gcs_stub, provider, clock)
-    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=120)
+    _register_idle_worker(gcs_stub, autoscaler, "w1", idle_seconds=120)
     _settle(autoscaler, lambda: _view(gcs_stub) == ["head"])
     assert _states(provider) == {"w1": L.DRAINING}  # out of every view, not gone yet
     clock[0] += 2
@@ -205,7 +207,7 @@ def test_idle_worker_is_drained_from_every_view_then_removed(gcs_stub):
 def test_worker_that_gets_work_while_draining_is_kept(gcs_stub):
     provider, clock = MemoryProvider(), [1000.0]
     autoscaler = _autoscaler(gcs_stub, provider, clock)
-    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=120)
+    _register_idle_worker(gcs_stub, autoscaler, "w1", idle_seconds=120)
     _settle(autoscaler, lambda: _view(gcs_stub) == ["head"])
     gcs_stub.Heartbeat(  # a task forwarded just before the drain
         pb.HeartbeatRequest(node_id="w1", available={"CPU": 0}, idle_seconds=-1))
@@ -232,7 +234,7 @@ def test_pending_placement_group_and_requested_resources_launch_workers(gcs_stub
 def test_a_dead_worker_is_terminated_at_once_with_the_reason(gcs_stub):
     provider, clock = MemoryProvider(), [1000.0]
     autoscaler = _autoscaler(gcs_stub, provider, clock)
-    _register_idle_worker(gcs_stub, provider, "w1", idle_seconds=-1)
+    _register_idle_worker(gcs_stub, autoscaler, "w1", idle_seconds=-1)
     gcs_stub.UnregisterNode(pb.NodeIdRequest(node_id="w1"))
     _settle(autoscaler, lambda: "w1" not in provider.tags)
     assert "terminating w1 (cpu-2): node died (heartbeats missed)" in _messages(autoscaler)
@@ -253,3 +255,16 @@ def test_a_restarted_autoscaler_resumes_from_the_tags_and_the_published_status(g
     assert "resuming the setup of n0 (cpu-2)" in _messages(second)
     history = [s.state for s in second.known["n0"].history]
     assert history == [L.REQUESTED, L.ALLOCATED, L.INSTALLING, L.RUNNING]  # read back from the GCS
+
+
+def test_a_worker_made_from_an_old_node_config_is_drained_and_replaced(gcs_stub):
+    provider, clock = MemoryProvider(), [1000.0]
+    autoscaler = _autoscaler(gcs_stub, provider, clock)
+    _register_idle_worker(gcs_stub, autoscaler, "old", idle_seconds=-1,
+                          **{T.TAG_LAUNCH_HASH: "from-an-old-config"})
+    _queue_demand(gcs_stub, 1)  # work waits: the replacement is launched for it
+    _settle(autoscaler, lambda: provider.create_calls == 1)
+    assert _states(provider)["old"] == L.DRAINING  # its running work goes on meanwhile
+    gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="old", available={"CPU": 2}, idle_seconds=1))
+    _settle(autoscaler, lambda: "old" not in provider.tags)
+    assert "terminating old (cpu-2): replaced: its launch is outdated" in _messages(autoscaler)

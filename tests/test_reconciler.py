@@ -10,8 +10,8 @@ import pytest
 
 from autoscaler import lifecycle as L
 from autoscaler import planner, reactions
-from autoscaler.reconciler import (Drain, Install, Instance, Launch, Observations, Result,
-                                   RuntimeNode, Terminate, Timeouts, reconcile)
+from autoscaler.actions import Drain, Install, Launch, Result, Terminate
+from autoscaler.reconciler import Instance, Observations, Policy, RuntimeNode, reconcile
 
 NOW = 10_000.0
 CONFIG = planner.PlannerConfig(
@@ -23,9 +23,9 @@ HEAD = Instance("head", "head", True, L.NodeLifecycle("head", L.RUNNING, 0.0))
 HEAD_ALIVE = RuntimeNode("head", {"CPU": 1}, {"CPU": 1}, -1.0)
 
 
-def worker(node_id, state, age=0.0, node_type="cpu", request=""):
+def worker(node_id, state, age=0.0, node_type="cpu", request="", **hashes):
     return Instance(node_id, node_type, False, L.NodeLifecycle(node_id, state, NOW - age),
-                    request)
+                    request, {k.replace("_", "-"): v for k, v in hashes.items()})
 
 
 def alive(node_id, idle_s=-1.0, cpus=2.0):
@@ -184,10 +184,10 @@ def test_a_dead_node_leaves_at_once_with_the_reason_and_its_work_is_relaunched_f
 
 
 def test_a_node_that_never_joins_is_replaced_after_the_join_timeout_only():
-    timeouts = Timeouts(join_s=300)
-    assert terminated(reconcile(observe(worker("w1", L.RUNNING, age=200), timeouts=timeouts),
+    policy = Policy(join_s=300)
+    assert terminated(reconcile(observe(worker("w1", L.RUNNING, age=200), policy=policy),
                                 NOW)) == []
-    decision = reconcile(observe(worker("w1", L.RUNNING, age=301), timeouts=timeouts), NOW)
+    decision = reconcile(observe(worker("w1", L.RUNNING, age=301), policy=policy), NOW)
     assert terminated(decision) == ["w1"]
     assert "did not join the cluster within 300s" in decision.nodes["w1"].history[-1].reason
 
@@ -239,3 +239,45 @@ def test_the_same_observations_give_the_same_decision():
     obs = observe(worker("w1", L.RUNNING, age=500), worker("w2", L.ALLOCATED),
                   runtime=[alive("w1", 120)], demand=4, id_prefix="p")
     assert reconcile(obs, NOW) == reconcile(obs, NOW)
+
+
+# -- outdated workers --------------------------------------------------------------------------
+
+WANTED = {"cpu": {"launch-hash": "L2", "runtime-hash": "R1", "setup-hash": "S2"}}
+
+
+def test_outdated_workers_are_replaced_a_quarter_of_max_workers_at_a_time():
+    old = [worker(f"w{i}", L.RUNNING, launch_hash="L1", runtime_hash="R1", setup_hash="S2")
+           for i in range(6)]
+    decision = reconcile(observe(*old, runtime=[alive(f"w{i}", -1) for i in range(6)],
+                                 wanted=WANTED), NOW)
+    draining = sorted(i for i, s in states(decision).items() if s == L.DRAINING)
+    assert draining == ["w0", "w1"]  # max_workers 10 x 0.25
+    assert "launch is outdated" in decision.nodes["w0"].history[-1].reason
+    assert terminated(decision) == []  # they still run work: it ends first
+
+
+def test_an_outdated_worker_goes_once_idle_or_at_its_drain_timeout_and_its_room_is_not_planned_on():
+    busy = worker("w1", L.DRAINING, age=10, launch_hash="L1", runtime_hash="R1")
+    decision = reconcile(observe(busy, runtime=[alive("w1", -1)], wanted=WANTED, demand=1), NOW)
+    assert terminated(decision) == [] and states(decision) == {"w1": L.DRAINING}
+    assert [(a.node_type, a.count) for a in actions(decision, Launch)] == [("cpu", 1)]
+    idle = worker("w1", L.DRAINING, age=10, runtime_hash="R0", launch_hash="L2")
+    assert terminated(reconcile(observe(idle, runtime=[alive("w1", 5)], wanted=WANTED), NOW)) == ["w1"]
+    late = worker("w1", L.DRAINING, age=121, launch_hash="L1", runtime_hash="R1")
+    decision = reconcile(observe(late, runtime=[alive("w1", -1)], wanted=WANTED), NOW)
+    assert terminated(decision) == ["w1"]
+    assert decision.nodes["w1"].history[-1].reason == "replaced: its launch is outdated"
+
+
+def test_a_worker_whose_setup_changed_is_set_up_again_in_place():
+    changed = worker("w1", L.RUNNING, launch_hash="L2", runtime_hash="R1", setup_hash="S1")
+    decision = reconcile(observe(changed, runtime=[alive("w1", -1)], wanted=WANTED), NOW)
+    assert states(decision) == {"w1": L.INSTALLING}
+    assert actions(decision, Install) == [Install("w1", "cpu")] and terminated(decision) == []
+
+
+def test_an_up_to_date_worker_is_left_alone():
+    fine = worker("w1", L.RUNNING, launch_hash="L2", runtime_hash="R1", setup_hash="S2")
+    decision = reconcile(observe(fine, runtime=[alive("w1", -1)], wanted=WANTED), NOW)
+    assert decision.moves == () and decision.actions == ()

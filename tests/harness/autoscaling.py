@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autoscaler import reactions
 from autoscaler.actuators import Actuators
-from autoscaler.reconciler import Launch
+from autoscaler.actions import Launch
 
 
 def launch_and_react(config, provider, node_type: str, now: float = 100.0) -> tuple:
