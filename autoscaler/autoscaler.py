@@ -172,7 +172,7 @@ class Autoscaler:
     def _publish(self, decision: Decision, listing, runtime, state, now: float) -> None:
         from runtime.generated import runtime_pb2 as pb
 
-        status = status_document(self.config.cluster_name, decision, listing, runtime, state, now,
+        status = status_document(self.config, decision, listing, runtime, state, now,
                                  ip=self.provider.internal_ip)
         with self._lock:
             status["events"] = list(self.events)
@@ -184,9 +184,9 @@ class Autoscaler:
         self.actuators.shutdown()
 
 
-def status_document(cluster_name: str, decision: Decision, listing: Mapping, runtime: Mapping,
-                    state, now: float, ip: Callable[[str], str]) -> dict:
-    """What `cluster status` shows, as one JSON document (see autoscaler.status for its use)."""
+def status_document(config, decision: Decision, listing: Mapping, runtime: Mapping, state,
+                    now: float, ip: Callable[[str], str]) -> dict:
+    """What `cluster status` and `cluster why` show, as one JSON document."""
     nodes = []
     for node_id, tags in sorted(listing.items()):
         node = decision.nodes.get(node_id) or L.from_tags(node_id, tags)
@@ -204,7 +204,11 @@ def status_document(cluster_name: str, decision: Decision, listing: Mapping, run
     plan = decision.plan
     return {
         "time": now,
-        "cluster_name": cluster_name,
+        "cluster_name": config.cluster_name,
+        "max_workers": config.max_workers,
+        "node_types": {name: {"resources": dict(t.resources), "min_workers": t.min_workers,
+                              "max_workers": t.max_workers}
+                       for name, t in config.worker_types().items()},
         "nodes": nodes,
         "demand": [{"shape": dict(d.shape), "count": d.count} for d in state.demand],
         "infeasible": [dict(s) for s in plan.infeasible],

@@ -19,6 +19,15 @@ def fetch(gcs_address: str, token: str) -> tuple:
     return state, (json.loads(reply.value) if reply.found else None)
 
 
+def find_task(gcs_address: str, token: str, task_id: str):
+    """The latest event of the task whose id is or starts with `task_id`, or None."""
+    gcs = pb_grpc.GcsStub(rpc.make_channel(gcs_address, token))
+    for event in gcs.ListTasks(pb.ListRequest(), timeout=10).events:
+        if event.task_id.startswith(task_id):
+            return event
+    return None
+
+
 def format_shape(shape) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(dict(shape).items())) + "}"
 

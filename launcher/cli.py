@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
+import time
 
 import click
 
@@ -232,22 +234,62 @@ def status(config, cluster_name):
     """Nodes, usage, demand and autoscaler events (with CONFIG: of that cluster, from anywhere;
     without: of the cluster this node belongs to)."""
     if config:
-        cluster_ops.status(config, _stream, cluster_name=cluster_name)
+        cluster_ops.on_head(config, "cluster status", _stream, cluster_name=cluster_name)
         return
-    import grpc
-
     from autoscaler import status as autoscaler_status
+
+    gcs_address, token = _this_cluster()
+    click.echo(autoscaler_status.render(*_fetch(autoscaler_status.fetch, gcs_address, token)))
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="[CONFIG] TASK_ID|SHAPE")
+@name_option
+@reports_errors
+def why(args, cluster_name):
+    """Why work is not running or not scaling: a task's id (or its start) or a shape such as
+    CPU=2,GPU=1 (with CONFIG: of that cluster, from anywhere; without: of this node's)."""
+    if len(args) > 2:
+        raise click.UsageError("give at most CONFIG and one TASK_ID or SHAPE")
+    if len(args) == 2:
+        config, what = args
+        cluster_ops.on_head(config, f"cluster why {shlex.quote(what)}", _stream,
+                            cluster_name=cluster_name)
+        return
+    from autoscaler import status as autoscaler_status
+    from autoscaler import why as autoscaler_why
+
+    gcs_address, token = _this_cluster()
+    state, status = _fetch(autoscaler_status.fetch, gcs_address, token)
+    shape = autoscaler_why.parse_shape(args[0])
+    if shape is not None:
+        click.echo(autoscaler_why.explain(shape, status, state.nodes, time.time()))
+        return
+    event = _fetch(autoscaler_status.find_task, gcs_address, token, args[0])
+    if event is None:
+        raise LauncherError(f"{args[0]}: no such task (and not a shape such as CPU=2,GPU=1)")
+    click.echo(autoscaler_why.explain_task(event, status, state.nodes, time.time()))
+
+
+def _this_cluster() -> tuple[str, str]:
+    """(GCS address, token) of the cluster this node belongs to."""
     from runtime.session import read_session, read_token
 
     session = read_session()
     if session is None:
         raise LauncherError("no cluster runs on this node (no ~/.cluster/session.json)")
+    return session.gcs_address, read_token()
+
+
+def _fetch(call, gcs_address: str, *args):
+    """`call(gcs_address, *args)`, a GCS that cannot be reached being one line."""
+    import grpc
+
     try:
-        state = autoscaler_status.fetch(session.gcs_address, read_token())
+        return call(gcs_address, *args)
     except grpc.RpcError as exc:
-        raise LauncherError(f"cannot reach this cluster's GCS at {session.gcs_address}: "
+        raise LauncherError(f"cannot reach this cluster's GCS at {gcs_address}: "
                             f"{exc.code().name}") from None
-    click.echo(autoscaler_status.render(*state))
 
 
 @cli.command(name="get-head-ip")

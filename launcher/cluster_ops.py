@@ -264,9 +264,9 @@ def worker_ips(config_path: str, *, cluster_name=None) -> list[str]:
     return [provider.internal_ip(n) for n in provider.nodes({T.TAG_NODE_KIND: T.KIND_WORKER})]
 
 
-def status(config_path: str, echo: Echo, *, cluster_name=None) -> int:
-    """`cluster status` run on the head, which reads its GCS."""
-    code = exec_on_node(config_path, "cluster status", echo, cluster_name=cluster_name)
+def on_head(config_path: str, command: str, echo: Echo, *, cluster_name=None) -> int:
+    """A `cluster` verb run on the head, which reads its GCS (`cluster status`, `cluster why`)."""
+    code = exec_on_node(config_path, command, echo, cluster_name=cluster_name)
     if code != 0:
-        raise CommandFailed(f"`cluster status` on the head exited with code {code}", code)
+        raise CommandFailed(f"`{command}` on the head exited with code {code}", code)
     return code

@@ -32,8 +32,9 @@ class TaskEvents:
 
     def note(self, spec: pb.TaskSpec, state: str, pid: int = 0, error_type: str = "") -> None:
         """The task is in `state` now (e.g. RUNNING on worker `pid`, FAILED with `error_type`)."""
+        needs = dict(spec.resources) if state.startswith("PENDING") else None
         self._pending.append((spec.task_id, spec.name, state, spec.kind, spec.actor_id, pid,
-                              error_type, time.time()))
+                              error_type, time.time(), needs))
 
     def send_loop(self, stopping: threading.Event) -> None:
         while not stopping.wait(SEND_EVERY_S):
@@ -44,8 +45,8 @@ class TaskEvents:
                 continue
             events = [pb.TaskEvent(task_id=t, name=name, state=state, node_id=self._node_id,
                                    worker_pid=pid, error_type=error, kind=KINDS[kind],
-                                   actor_id=actor, time=when)
-                      for t, name, state, kind, actor, pid, error, when in batch]
+                                   actor_id=actor, time=when, required_resources=needs)
+                      for t, name, state, kind, actor, pid, error, when, needs in batch]
             try:
                 self._gcs.AddTaskEvents(pb.TaskEvents(events=events), timeout=10)
             except Exception as exc:  # informational: what a later batch brings is enough

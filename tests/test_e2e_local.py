@@ -128,6 +128,8 @@ def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_p
     status = wait_for(infeasible_status, 20, "infeasible demand in status")
     assert "GPU: 1}" in status
     assert len(_nodes(state)) == 1  # no worker was launched for it
+    why = cli("why", config, "GPU=1").stdout
+    assert "No node type can hold {GPU: 1}" in why and "cpu-2: {CPU: 2" in why
     thread.join(60)
     output = submitted["run"].stdout + submitted["run"].stderr
     assert "still waiting" in output

@@ -32,7 +32,8 @@ def list_tasks(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[
                                             timeout=30).events
     return [{"task_id": e.task_id, "name": e.name, "state": e.state, "type": e.kind,
              "node_id": e.node_id, "worker_pid": e.worker_pid or None,
-             "error_type": e.error_type or None, "actor_id": e.actor_id or None} for e in events]
+             "error_type": e.error_type or None, "actor_id": e.actor_id or None,
+             "required_resources": dict(e.required_resources) or None} for e in events]
 
 
 def list_actors(state: Optional[str] = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
