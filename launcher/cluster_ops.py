@@ -105,6 +105,9 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
         try:
             ran = updater.run()
         except LauncherError as exc:
+            if head not in provider.nodes({T.TAG_NODE_KIND: T.KIND_HEAD}):
+                raise LauncherError(f"head {head} was terminated while `cluster up` set it up "
+                                    "(by `cluster down`?); nothing of it is left") from None
             L.record(provider, node, L.INSTALL_FAILED, str(exc), time.time())
             raise
         L.record(provider, node, L.RUNNING, f"set up ({', '.join(ran) or 'nothing'} ran)",

@@ -38,6 +38,7 @@ def local_cluster(tmp_path, request):
                                  f"{result.stdout}\n{result.stderr}")
         return result
 
+    cli.env = env  # for commands a test runs in the background
     yield cli, str(path), tmp_path / "state"
     cli("down", "-y", str(path), check=False)
 
@@ -155,6 +156,30 @@ def test_up_again_changes_nothing_and_down_leaves_nothing(local_cluster):
     assert not [p for p in pids if pid_alive(p)]
     assert _nodes(state) == {}
     assert not any((state / "clusters").glob("*/*"))
+
+
+@pytest.mark.parametrize("stage,commands", [("setting-up", "setup_commands"),
+                                            ("starting", "head_start_commands")])
+def test_down_during_up_leaves_no_node_and_no_process(local_cluster, stage, commands):
+    cli, config, state = local_cluster
+    data = yaml.safe_load(Path(config).read_text())  # a stage long enough to be caught in
+    data[commands] = data.get(commands, []) + ["sleep 30"]
+    Path(config).write_text(yaml.safe_dump(data))
+    up = subprocess.Popen([CLUSTER, "up", "-y", config], env=cli.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+    def head_at_stage():
+        nodes = _nodes(state) if (state / "nodes.json").exists() else {}
+        return [n for n in nodes.values() if n["tags"].get("install-stage") == stage]
+
+    [head] = wait_for(head_at_stage, 60, f"the head at stage {stage}")
+    cli("down", "-y", config)
+    _, err = up.communicate(timeout=120)
+    assert up.returncode != 0 and "Traceback" not in err  # up says why it stopped, in one line
+    assert "was terminated while `cluster up` set it up" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert _nodes(state) == {}
+    wait_for(lambda: not _group_pids({head["pgid"]}), 10, "every process of the head to end")
 
 
 @pytest.mark.parametrize("local_cluster", ["local-gpu.yaml"], indirect=True)
