@@ -184,6 +184,16 @@ def test_capacity_error_tries_the_next_zone(arm):
     assert len(zones) == 3
 
 
+def test_a_node_types_own_availability_zone_wins_over_the_providers(arm):
+    """Ray's azure-defaults.yaml: `availability_zone: "none"` in the head's arm parameters."""
+    types = {"head": node("Standard_D4s_v5", availability_zone="none"),
+             "gpu": node("Standard_NC4as_T4_v3", availability_zone="2")}
+    config, provider = bootstrapped(arm, provider={"availability_zone": "1,2,3"}, **types)
+    [head] = provider.create("head", config.node_types["head"].node_config, worker_tags("head"), 1)
+    [gpu] = provider.create("gpu", config.node_types["gpu"].node_config, worker_tags(), 1)
+    assert vm_body(arm, head).get("zones") in (None, []) and vm_body(arm, gpu)["zones"] == ["2"]
+
+
 @pytest.mark.parametrize("code,error", [
     ("SkuNotAvailable", CapacityError), ("AllocationFailed", CapacityError),
     ("ZonalAllocationFailed", CapacityError), ("OverconstrainedAllocationRequest", CapacityError),

@@ -56,7 +56,7 @@ def test_cluster_up_gpu_demand_scales_gpu_workers_and_down_leaves_nothing(
         fake, cluster_cli, watcher, tmp_path):
     cloud_e2e.up_twice(cluster_cli)
     [head] = fake.instances.values()
-    assert head["labels"]["node-kind"] == "head" and head["labels"]["node-status"] == "up-to-date"
+    assert head["labels"]["node-kind"] == "head" and head["labels"]["node-status"] == "running"
     [account] = head["serviceAccounts"]  # its autoscaler calls the API as this account
     assert account["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
 

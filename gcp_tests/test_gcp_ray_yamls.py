@@ -107,7 +107,7 @@ def test_rays_gcp_example_comes_up_runs_work_on_every_node_and_goes_down(
         [(head_name, head)] = fake.instances.items()
         tags = _labels(head)
         assert (tags["node-kind"], tags["node-type"], tags["node-status"]) == \
-            ("head", HEAD, "up-to-date")
+            ("head", HEAD, "running")
         assert head["zone"].endswith(f"/{gcloud_project}/zones/us-west1-a")  # Ray's zone
         node = watcher.nodes[head_name]
         copied = (node.root / "home/ubuntu/ray_bootstrap_config.yaml").read_text()
@@ -118,8 +118,8 @@ def test_rays_gcp_example_comes_up_runs_work_on_every_node_and_goes_down(
                    "--object-manager-port" in up.stdout
             assert head["disks"][0]["initializeParams"]["sourceImage"] == RAY_IMAGE
             # min_workers: 1 of Ray's ray_worker_small
-            wait_until(lambda: _statuses(fake) == [("head", HEAD, "up-to-date"),
-                                                   ("worker", WORKER, "up-to-date")],
+            wait_until(lambda: _statuses(fake) == [("head", HEAD, "running"),
+                                                   ("worker", WORKER, "running")],
                        120, "the worker min_workers asks for to be up")
             [(worker_name, worker)] = [(n, i) for n, i in fake.instances.items()
                                        if n != head_name]

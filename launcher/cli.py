@@ -78,7 +78,8 @@ def version_(config, cluster_name):
 @click.option("--no-restart", is_flag=True, help="Run setup but do not restart the runtime.")
 @click.option("--restart-only", is_flag=True, help="Skip setup; only restart the runtime.")
 @click.option("--dry-run", is_flag=True,
-              help="Print the resolved config and what would be created; create nothing.")
+              help="Bootstrap read-only: print the resolved config and what would be created; "
+                   "create nothing.")
 @name_option
 @reports_errors
 def up(config, yes, no_restart, restart_only, dry_run, cluster_name):
@@ -86,10 +87,10 @@ def up(config, yes, no_restart, restart_only, dry_run, cluster_name):
     if no_restart and restart_only:
         raise click.UsageError("--no-restart and --restart-only exclude each other")
     if dry_run:
-        resolved = cluster_ops.load(config, cluster_name)
+        resolved, lines = cluster_ops.plan(cluster_ops.load(config, cluster_name))
         click.echo(bootstrap_yaml(resolved).rstrip("\n"))
-        click.echo("\n# cluster up would (nothing has been created or contacted):")
-        for line in cluster_ops.plan(resolved):
+        click.echo("\n# cluster up would (dry run: only read, nothing created):")
+        for line in lines:
             click.echo(f"#   {line}")
         return
     confirm = (lambda _: True) if yes else (lambda q: click.confirm(q, default=False))

@@ -44,19 +44,22 @@ def open_cluster(config_path: str, cluster_name: Optional[str] = None) -> tuple:
     return config, make_provider(config.provider, config.cluster_name, config.auth)
 
 
-def plan(config: ClusterConfig) -> list[str]:
-    """What `cluster up` would create for this config, in words; nothing is contacted."""
-    head = config.node_types[config.head_node_type]
-    lines = [f"provider {config.provider['type']}: its bootstrap (network, firewall, keys, "
-             f"roles) runs first and reuses what exists",
-             f"head: 1 node of type {head.name} {dict(head.node_config) or ''}".rstrip(),
-             f"runtime: installed on every node from this machine's lock "
-             f"(cluster-launcher {release()})"]
+def plan(config: ClusterConfig) -> tuple[ClusterConfig, list[str]]:
+    """The config as `cluster up` would resolve it, and what it would do, in words. The
+    provider's bootstrap runs read-only: every lookup runs (bad input fails as in `cluster up`),
+    what it would create is listed instead, with placeholders in the config for the new ids."""
+    provider = make_provider(config.provider, config.cluster_name, config.auth)
+    lines: list[str] = []
+    config = provider.bootstrap(config, lines.append, dry_run=True)
+    lines += [f"head: 1 node of type {config.head_node_type}, created unless cluster "
+              f"{config.cluster_name} has one (changed node_config or auth: replaced)",
+              f"runtime: installed on every node from this machine's lock "
+              f"(cluster-launcher {release()})" if provider.installs_runtime else
+              "runtime: this machine's environment, which the nodes share"]
     for name, node_type in config.worker_types().items():
         lines.append(f"workers of type {name}: {node_type.min_workers} at once, up to "
-                     f"{min(node_type.max_workers, config.max_workers)} on demand "
-                     f"{dict(node_type.node_config) or ''}".rstrip())
-    return lines
+                     f"{min(node_type.max_workers, config.max_workers)} on demand")
+    return config, lines
 
 
 def head_node(provider: NodeProvider, config: ClusterConfig, required: bool = True) -> Optional[str]:

@@ -47,6 +47,8 @@ def validate(data: dict, source: str) -> None:
 def _explain(error: jsonschema.ValidationError) -> tuple[list, str]:
     """A jsonschema error as (key path, what is wrong and what is expected)."""
     path, instance, schema = list(error.absolute_path), error.instance, error.schema
+    if "propertyNames" in error.schema_path:  # only the provider section: its keys per type
+        return path + [instance], _unknown_provider_key(instance, schema["enum"])
     if error.validator == "required":
         missing = next(key for key in error.validator_value if key not in instance)
         return path + [missing], _missing_message(error, missing)
@@ -59,6 +61,25 @@ def _explain(error: jsonschema.ValidationError) -> tuple[list, str]:
     if error.validator == "enum":
         message += did_you_mean(instance, schema["enum"])
     return path, message
+
+
+def _unknown_provider_key(key: str, known: list) -> str:
+    """Names the provider type; says which types do take the key, when it is not a typo."""
+    by_type = _keys_by_provider_type()
+    kind = next(t for t, keys in by_type.items() if keys == known)
+    hint = did_you_mean(key, known)
+    takers = [repr(t) for t, keys in by_type.items() if key in keys]
+    if not hint and takers:
+        hint = f"; a key of provider type{'s' * (len(takers) > 1)} {' and '.join(takers)}"
+    hint = hint or f"; expected one of: {', '.join(known)}"
+    return f"unknown key for provider type {kind!r}{hint}"
+
+
+@cache
+def _keys_by_provider_type() -> dict[str, list]:
+    blocks = _validator().schema["properties"]["provider"]["allOf"]
+    return {block["if"]["properties"]["type"]["const"]: block["then"]["propertyNames"]["enum"]
+            for block in blocks}
 
 
 def _missing_message(error: jsonschema.ValidationError, key: str) -> str:
@@ -82,16 +103,16 @@ def _describe(schema: Mapping) -> str:
     return _TYPE_NAMES.get(kind, "a valid value")
 
 
-_OPPOSITES = (("min", "max"), ("head", "worker"))
+_OPPOSITES = (("min", "max"), ("head", "worker"), ("internal", "external"))
 
 
 def did_you_mean(word: Any, choices) -> str:
-    """A close match, never one of opposite meaning (min_workers for max_workers...)."""
+    """A close match, never one of opposite meaning (min_workers for max_workers,
+    use_internal_ips for use_external_head_ip...)."""
     word = str(word)
-    flipped = [word.replace(a, b) for a, b in _OPPOSITES + tuple(p[::-1] for p in _OPPOSITES)
-               if a in word]
+    pairs = _OPPOSITES + tuple(p[::-1] for p in _OPPOSITES)
     close = [c for c in difflib.get_close_matches(word, [str(c) for c in choices], n=3)
-             if not any(c.startswith(f) or f.startswith(c) for f in flipped)]
+             if not any(a in word and b in c and a not in c for a, b in pairs)]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -5,7 +5,8 @@ renamed; keys Ray has that mean nothing here are dropped when they hold the valu
 nothing (`docker: {}`, `cluster_synced_files: []`, `file_mounts_sync_continuously: false`), with
 one note for the user; a real value for one of them is a one-line error saying it is not
 supported and where the docs list them (docs/config-reference.md, "Coming from Ray"). Ray's
-`local` provider with hosts is our `ssh` provider.
+`local` provider with hosts is our `ssh` provider. The provider section's Ray keys are read the
+same way, per provider type; what is left is checked against the type's keys (config_schema.json).
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ DOCS = "docs/config-reference.md#coming-from-ray"
 _INERT = {"cluster_synced_files": ([], None),
           "file_mounts_sync_continuously": (False, None),
           "no_restart": (False, None)}
+# Ray's provider keys with no counterpart, by provider type ("*": all), and their values that
+# change nothing (none: every value is refused). Ray's defaults for the autoscaler's switches.
+_PROVIDER_INERT = {
+    "*": {"disable_node_updaters": (False,), "disable_launch_config_check": (False,),
+          "foreground_node_launch": (False,), "worker_liveness_check": (True,),
+          "worker_rpc_drain": (True,)},
+    "ssh": {"coordinator_address": ()},
+    "aws": {"cloudwatch": ({}, None)},
+    "azure": {"unique_id": (), "msi_identity_id": (), "msi_identity_principal_id": (),
+              "subnet_id": ()},
+}
+_PROVIDER_RENAMED = {"aws": {"key_pair": "key_pair_name"}, "azure": {"subnet_mask": "vnet_cidr"}}
 # docker: keys whose presence alone asks for nothing (no image: Ray then runs on the host too).
 _DOCKER_INERT_KEYS = {"image", "head_image", "worker_image", "container_name", "pull_before_run",
                       "run_options", "head_run_options", "worker_run_options",
@@ -40,16 +53,8 @@ def translate(data: dict, fail: Fail) -> Translated:
     """`fail(key_path, message)` raises."""
     data = copy.deepcopy(data)
     notes: list[str] = []
-    for ray_key, ours in RENAMED.items():
-        if ray_key in data:
-            if ours in data:
-                fail([ray_key], f"give either {ray_key} (Ray's name) or {ours}, not both")
-            data[ours] = data.pop(ray_key)
-    for key, inert in _INERT.items():
-        if key in data:
-            value = data.pop(key)
-            if value not in inert:
-                fail([key], f"not supported (only {inert[0]!r}); see {DOCS}")
+    _rename(data, RENAMED, [], fail)
+    _drop_inert(data, _INERT, [], fail)
     _drop_docker(data, [], fail, notes)
     for name, spec in (data.get("available_node_types") or {}).items():
         if isinstance(spec, dict):
@@ -57,7 +62,44 @@ def translate(data: dict, fail: Fail) -> Translated:
             if spec.get("resources") == {}:  # Ray: detect the node's resources, as when omitted
                 del spec["resources"]
     _local_hosts_are_ssh(data, notes)
+    _provider_keys(data, fail)
     return Translated(data, notes, _legacy_min_workers(data, fail))
+
+
+def _rename(section: dict, renamed: dict, path: list, fail: Fail) -> None:
+    """Ray's names become ours; both at once would leave the meaning open."""
+    for ray_key, ours in renamed.items():
+        if ray_key in section:
+            if ours in section:
+                fail(path + [ray_key], f"give either {ray_key} (Ray's name) or {ours}, not both")
+            section[ours] = section.pop(ray_key)
+
+
+def _drop_inert(section: dict, inert: dict, path: list, fail: Fail) -> None:
+    """Ray's keys without counterpart go; only their values that change nothing are accepted."""
+    for key, values in inert.items():
+        if key in section:
+            value = section.pop(key)
+            if value not in values:
+                only = f" (only {values[0]!r})" if values else ""
+                fail(path + [key], f"not supported{only}; see {DOCS}")
+
+
+def _provider_keys(data: dict, fail: Fail) -> None:
+    """Ray's provider keys of the section's type: renamed, or dropped when inert. Ray's AWS
+    key_pair: {key_name: NAME} is our key_pair_name: NAME."""
+    provider = data.get("provider")
+    if not isinstance(provider, dict):
+        return
+    kind = provider.get("type")
+    key_pair = provider.get("key_pair")
+    if kind == "aws" and key_pair is not None:
+        if not isinstance(key_pair, dict) or set(key_pair) != {"key_name"}:
+            fail(["provider", "key_pair"], f"expected {{key_name: NAME}}, got {key_pair!r}")
+        provider["key_pair"] = key_pair["key_name"]
+    _rename(provider, _PROVIDER_RENAMED.get(kind, {}), ["provider"], fail)
+    _drop_inert(provider, {**_PROVIDER_INERT["*"], **_PROVIDER_INERT.get(kind, {})}, ["provider"],
+                fail)
 
 
 def _drop_docker(section: dict, path: list, fail: Fail, notes: list) -> None:

@@ -228,9 +228,9 @@ def test_user_node_types_replace_the_defaults():
 
 
 def test_user_values_override_and_dicts_merge():
-    config = config_from_dict(with_(provider={"type": "local", "future_key": 1},
+    config = config_from_dict(with_(provider={"type": "local", "state_dir": "/tmp/x"},
                                     head_start_commands=["echo only"]))
-    assert config.provider == {"type": "local", "future_key": 1}
+    assert config.provider == {"type": "local", "state_dir": "/tmp/x"}
     assert config.head_start_commands == ("echo only",)
     assert config.worker_start_commands[0] == "cluster stop"
 

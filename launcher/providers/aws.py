@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Optional, Sequence
 from launcher import tags as T
 from launcher.errors import CapacityError, ProviderError
 from launcher.providers.aws_catalog import aws_call, ec2_client
-from launcher.providers.base import NodeProvider
+from launcher.providers.base import Changes, NodeProvider
 from launcher.ssh import SSHRunners
 
 LIVE_STATES = ["pending", "running"]
@@ -54,10 +54,11 @@ class AWSNodeProvider(NodeProvider):
     def _call(self, operation: str, what: str, **kwargs):
         return aws_call(getattr(self.ec2, operation), what, sleep=self.sleep, **kwargs)
 
-    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None,
+                  dry_run: bool = False):
         from launcher.providers.aws_bootstrap import bootstrap
 
-        config = bootstrap(config, echo)
+        config = bootstrap(config, Changes(echo, apply=not dry_run))
         self.auth = dict(config.auth)
         return config
 

@@ -7,9 +7,10 @@ bad input (an unknown instance type or launch template, a missing AMI, a subnet 
 fails before anything is created. A node type's launch template counts as part of its node_config:
 what either sets is not filled in (EC2 merges the two at launch, node_config winning).
 What is created is named after the cluster or the region and reused on the next `cluster up`:
-the security group `cluster-launcher-<cluster>` (tagged cluster-name), the key pair
-`cluster-launcher_<region>` (or one imported from auth.ssh_private_key), the IAM role and instance
-profile `cluster-launcher-head-v1`.
+the security group `cluster-launcher-<cluster>` (or Ray's provider.security_group.GroupName;
+tagged cluster-name), the key pair `cluster-launcher_<region>` (or one imported from
+auth.ssh_private_key), the IAM role and instance profile `cluster-launcher-head-v1`. Every
+create goes through Changes, so a dry run reads everything and creates nothing.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Mapping
+from typing import Mapping
 
 from launcher import tags as T
 from launcher.errors import AuthError, ConfigError, InvalidNodeConfig, ProviderError
 from launcher.providers.aws_catalog import aws_call, catalog, ec2_client
+from launcher.providers.base import Changes, placeholder
 
 KEY_DIR = "~/.cluster-launcher/keys"
 HEAD_ROLE = "cluster-launcher-head-v1"
@@ -35,7 +37,7 @@ HEAD_POLICY = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "iam:PassRole", "Resource": f"arn:aws:iam::*:role/{HEAD_ROLE}"}]}
 
 
-def bootstrap(config, echo: Callable[[str], None]):
+def bootstrap(config, changes: Changes):
     """See the module docstring."""
     provider = config.provider
     ec2 = ec2_client(provider["region"])
@@ -44,11 +46,11 @@ def bootstrap(config, echo: Callable[[str], None]):
     given = {name: {**_template_data(ec2, name, spec.node_config), **spec.node_config}
              for name, spec in types.items()}
     detected = _detect_resources(ec2, given)
-    image = _default_image(ec2, provider, given, echo)
+    image = _default_image(ec2, provider, given, changes.echo)
     vpc, subnets = _subnets(ec2, provider, given)
-    group = _security_group(ec2, config.cluster_name, provider, vpc, echo)
-    key_name, auth = _key_pair(ec2, provider, dict(config.auth), echo)
-    profile = _head_profile(provider, given[config.head_node_type], echo)
+    group = _security_group(ec2, config.cluster_name, provider, vpc, changes)
+    key_name, auth = _key_pair(ec2, provider, dict(config.auth), changes)
+    profile = _head_profile(provider, given[config.head_node_type], changes)
     for name, spec in types.items():
         defaults = {"KeyName": key_name}
         if not given[name].get("NetworkInterfaces"):  # else subnets and groups are theirs
@@ -178,32 +180,61 @@ def _in_zones(subnets: list, provider: Mapping) -> list[str]:
     return [s["SubnetId"] for s in chosen]
 
 
-def _security_group(ec2, cluster: str, provider: Mapping, vpc: str, echo) -> str:
-    """The cluster's group: SSH from provider.ssh_cidr (default anywhere), all traffic inside."""
-    name = f"cluster-launcher-{cluster}"
+def _security_group(ec2, cluster: str, provider: Mapping, vpc: str, changes: Changes) -> str:
+    """The cluster's group, found by name in the VPC (Ray's provider.security_group.GroupName, else
+    cluster-launcher-<cluster>), else created: SSH from provider.ssh_cidr (default anywhere), all
+    traffic inside, and Ray's security_group.IpPermissions (checked before anything is made)."""
+    wanted = provider.get("security_group", {})
+    name = wanted.get("GroupName") or f"cluster-launcher-{cluster}"
+    extra = list(wanted.get("IpPermissions", []))
+    _check_permissions(ec2, extra)
     found = aws_call(ec2.describe_security_groups, "security group lookup", Filters=[
         {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])
     if found["SecurityGroups"]:
         return found["SecurityGroups"][0]["GroupId"]
-    echo(f"Creating security group {name} in {vpc}")
+    rules = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+              "IpRanges": [{"CidrIp": provider.get("ssh_cidr", "0.0.0.0/0")}]}, *extra]
+    return changes.create(f"security group {name} in {vpc}",
+                          lambda: _create_group(ec2, cluster, name, vpc, rules),
+                          placeholder(f"security group {name}"))
+
+
+def _check_permissions(ec2, permissions: list) -> None:
+    """IpPermissions as AuthorizeSecurityGroupIngress takes them, checked by botocore's own
+    model without calling AWS."""
+    from botocore.exceptions import ParamValidationError
+    from botocore.validate import validate_parameters
+
+    shape = ec2.meta.service_model.operation_model("AuthorizeSecurityGroupIngress").input_shape
+    try:
+        validate_parameters({"GroupId": "sg-check", "IpPermissions": permissions}, shape)
+    except ParamValidationError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"provider.security_group.IpPermissions: {detail}") from None
+
+
+def _create_group(ec2, cluster: str, name: str, vpc: str, rules: list) -> str:
+    """The group with its rules; removed again if the rules are refused, so the next `cluster up`
+    does not reuse a group that lets nothing in."""
     group = aws_call(ec2.create_security_group, "creating the security group", GroupName=name,
                      Description=f"cluster-launcher cluster {cluster}", VpcId=vpc,
                      TagSpecifications=[{"ResourceType": "security-group", "Tags": [
                          {"Key": T.TAG_CLUSTER_NAME, "Value": cluster}]}])["GroupId"]
-    cidr = provider.get("ssh_cidr", "0.0.0.0/0")
-    aws_call(ec2.authorize_security_group_ingress, "opening the security group", GroupId=group,
-             IpPermissions=[
-                 {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                  "IpRanges": [{"CidrIp": cidr}]},
-                 {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    try:
+        aws_call(ec2.authorize_security_group_ingress, "opening the security group",
+                 GroupId=group, IpPermissions=[
+                     *rules, {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    except ProviderError:
+        aws_call(ec2.delete_security_group, "removing the refused security group", GroupId=group)
+        raise
     return group
 
 
-def _key_pair(ec2, provider: Mapping, auth: dict, echo) -> tuple[str, dict]:
+def _key_pair(ec2, provider: Mapping, auth: dict, changes: Changes) -> tuple[str, dict]:
     """(key pair name, auth): the user's key imported, or the region's key pair created once with
     its private key kept under KEY_DIR (mode 0600)."""
     if auth.get("ssh_private_key"):
-        return _import_key(ec2, provider, auth, echo), auth
+        return _import_key(ec2, provider, auth, changes), auth
     name = provider.get("key_pair_name", f"cluster-launcher_{provider['region']}")
     path = os.path.join(os.path.expanduser(KEY_DIR), f"{name}.pem")
     exists = _key_exists(ec2, name)
@@ -212,17 +243,20 @@ def _key_pair(ec2, provider: Mapping, auth: dict, echo) -> tuple[str, dict]:
                           f"{provider['region']} but its private key {path} is missing; set "
                           "auth.ssh_private_key to it, or delete the key pair")
     if not exists:
-        echo(f"Creating key pair {name}, private key {path}")
-        created = aws_call(ec2.create_key_pair, "creating the key pair", KeyName=name)
-        material = created["KeyMaterial"]
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(material)
+        changes.create(f"key pair {name} (private key {path})",
+                       lambda: _create_key_pair(ec2, name, path), None)
     return name, {**auth, "ssh_private_key": path}
 
 
-def _import_key(ec2, provider: Mapping, auth: Mapping, echo) -> str:
+def _create_key_pair(ec2, name: str, path: str) -> None:
+    material = aws_call(ec2.create_key_pair, "creating the key pair", KeyName=name)["KeyMaterial"]
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(material)
+
+
+def _import_key(ec2, provider: Mapping, auth: Mapping, changes: Changes) -> str:
     """auth.ssh_private_key's public half as a key pair named after its fingerprint."""
     import hashlib
 
@@ -242,9 +276,9 @@ def _import_key(ec2, provider: Mapping, auth: Mapping, echo) -> str:
     name = provider.get("key_pair_name") or \
         f"cluster-launcher_{hashlib.sha256(public).hexdigest()[:12]}"
     if not _key_exists(ec2, name):
-        echo(f"Importing {path} as key pair {name}")
-        aws_call(ec2.import_key_pair, "importing the key pair", KeyName=name,
-                 PublicKeyMaterial=public)
+        changes.create(f"key pair {name} from {path}", lambda: aws_call(
+            ec2.import_key_pair, "importing the key pair", KeyName=name,
+            PublicKeyMaterial=public), None)
     return name
 
 
@@ -258,7 +292,7 @@ def _key_exists(ec2, name: str) -> bool:
         raise
 
 
-def _head_profile(provider: Mapping, head: Mapping, echo) -> str | None:
+def _head_profile(provider: Mapping, head: Mapping, changes: Changes) -> str | None:
     """The instance profile ARN that lets the head's autoscaler call EC2 (None: the head's
     node_config or launch template names its own, or provider.head_iam_role is false)."""
     if head.get("IamInstanceProfile") or provider.get("head_iam_role") is False:
@@ -266,22 +300,24 @@ def _head_profile(provider: Mapping, head: Mapping, echo) -> str | None:
     iam = ec2_client(provider["region"], "iam")
     what = f"IAM role {HEAD_ROLE}"
     try:
-        arn = _profile_arn(iam, what)
-        if arn:
-            return arn
-        echo(f"Creating IAM role and instance profile {HEAD_ROLE} for the head's autoscaler")
-        aws_call(iam.create_role, what, RoleName=HEAD_ROLE,
-                 AssumeRolePolicyDocument=json.dumps(ASSUME_EC2))
-        aws_call(iam.put_role_policy, what, RoleName=HEAD_ROLE,
-                 PolicyName="cluster-launcher-autoscaler", PolicyDocument=json.dumps(HEAD_POLICY))
-        profile = aws_call(iam.create_instance_profile, what,
-                           InstanceProfileName=HEAD_ROLE)["InstanceProfile"]
-        aws_call(iam.add_role_to_instance_profile, what, InstanceProfileName=HEAD_ROLE,
-                 RoleName=HEAD_ROLE)
-        return profile["Arn"]
+        return _profile_arn(iam, what) or changes.create(
+            f"IAM role and instance profile {HEAD_ROLE} for the head's autoscaler",
+            lambda: _create_profile(iam, what), placeholder(f"instance profile {HEAD_ROLE}"))
     except AuthError as exc:  # an account without IAM rights can still run a cluster
         raise AuthError(f"{exc}; set provider.head_iam_role: false and give the head's "
                         "node_config an IamInstanceProfile") from None
+
+
+def _create_profile(iam, what: str) -> str:
+    aws_call(iam.create_role, what, RoleName=HEAD_ROLE,
+             AssumeRolePolicyDocument=json.dumps(ASSUME_EC2))
+    aws_call(iam.put_role_policy, what, RoleName=HEAD_ROLE,
+             PolicyName="cluster-launcher-autoscaler", PolicyDocument=json.dumps(HEAD_POLICY))
+    profile = aws_call(iam.create_instance_profile, what,
+                       InstanceProfileName=HEAD_ROLE)["InstanceProfile"]
+    aws_call(iam.add_role_to_instance_profile, what, InstanceProfileName=HEAD_ROLE,
+             RoleName=HEAD_ROLE)
+    return profile["Arn"]
 
 
 def _profile_arn(iam, what: str) -> str | None:

@@ -8,7 +8,8 @@
   subnet_id, ssh_public_key and (head) identity_id.
 - provider.availability_zone ("1,2,3"): a VM refused for capacity in one zone is tried in the next.
 - provider.use_internal_ips: SSH to private IPs; otherwise to public IPs. The head's own
-  autoscaler (CLUSTER_NODE_ID is set there) always uses private IPs.
+  autoscaler (CLUSTER_NODE_ID is set there) always uses private IPs. With Ray's
+  use_external_head_ip too, the head alone gets a public IP, which the launcher SSHes to.
 - Endpoint: provider.resource_manager_endpoint; credentials: see azure_catalog.
 
 The azure SDKs are imported only by this module and azure_bootstrap/azure_catalog.
@@ -25,8 +26,9 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from launcher import tags as T
 from launcher.errors import CapacityError, ConfigError, ProviderError
+from launcher.providers.azure_bootstrap import type_zones
 from launcher.providers.azure_catalog import Clients, azure_call, is_not_found
-from launcher.providers.base import NodeProvider
+from launcher.providers.base import Changes, NodeProvider
 from launcher.ssh import SSHRunners
 
 MAX_PARALLEL = 16  # VMs created or deleted at once
@@ -44,22 +46,21 @@ class AzureNodeProvider(NodeProvider):
         if provider_config.get("cache_stopped_nodes"):
             raise ConfigError("provider.cache_stopped_nodes: not supported by the azure provider "
                               "(workers are deleted when idle); remove it or set it to false")
-        from launcher.providers.azure_bootstrap import availability_zones
-
         self.group = provider_config["resource_group"]
         self.location = provider_config["location"]
-        self.zones = availability_zones(provider_config)
         self.use_internal_ips = bool(provider_config.get("use_internal_ips", False))
+        self.external_head = bool(provider_config.get("use_external_head_ip", False))
         self.clients = Clients(provider_config)
         self._tags: dict[str, dict] = {}  # VM name -> tags, from the last listing
         self._ips: dict[tuple, Optional[str]] = {}  # (VM name, "-nic" | "-ip") -> address
         self._runners = SSHRunners(cluster_name, self.auth)
         self._lock = threading.Lock()
 
-    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None,
+                  dry_run: bool = False):
         from launcher.providers.azure_bootstrap import bootstrap
 
-        config = bootstrap(config, echo)
+        config = bootstrap(config, Changes(echo, apply=not dry_run))
         self.auth = dict(config.auth)
         self._runners = SSHRunners(self.cluster_name, self.auth)
         return config
@@ -106,7 +107,14 @@ class AzureNodeProvider(NodeProvider):
         return ip
 
     def external_ip(self, node_id: str) -> Optional[str]:
-        return None if self.use_internal_ips else self._address(node_id, "-ip")
+        return self._address(node_id, "-ip") if self._has_public_ip(node_id) else None
+
+    def _has_public_ip(self, node_id: str, tags: Optional[Mapping] = None) -> bool:
+        """Every VM has one, unless use_internal_ips: then only the head, with Ray's
+        use_external_head_ip. `tags`: the node's, when known."""
+        if not (self.use_internal_ips and self.external_head):
+            return not self.use_internal_ips
+        return (tags or self.node_tags(node_id)).get(T.TAG_NODE_KIND) == T.KIND_HEAD
 
     def _address(self, node_id: str, suffix: str) -> Optional[str]:
         """A VM's private (NIC) or public address; both stay fixed for the VM's life."""
@@ -153,8 +161,9 @@ class AzureNodeProvider(NodeProvider):
         """Public IP, NIC, then the VM zone after zone; None, or the error after cleaning up."""
         failures, size = [], node_config["azure_arm_parameters"]["vmSize"]
         try:
-            nic = self._nic(name, node_config)
-            for zone in self.zones or [None]:
+            nic = self._nic(name, node_config, tags)
+            for zone in type_zones(self.provider_config, node_config["azure_arm_parameters"]) \
+                    or [None]:
                 try:
                     vm = azure_call(self.clients.compute.virtual_machines.begin_create_or_update,
                                     f"creating VM {name} ({size})", self.group,
@@ -177,13 +186,13 @@ class AzureNodeProvider(NodeProvider):
                 pass  # the first error says more; the leftovers are tagged for `cluster down`
             return exc
 
-    def _nic(self, name: str, node_config: Mapping) -> str:
-        """The VM's NIC (with a public IP unless use_internal_ips); returns its id."""
+    def _nic(self, name: str, node_config: Mapping, tags: Optional[Mapping] = None) -> str:
+        """The VM's NIC (with a public IP if the VM gets one); returns its id."""
         from azure.mgmt.network import models as nm
 
         network, support_tags = self.clients.network, {T.TAG_CLUSTER_NAME: self.cluster_name}
         public = None
-        if not self.use_internal_ips:
+        if self._has_public_ip(name, tags):
             public = azure_call(network.public_ip_addresses.begin_create_or_update,
                                 f"creating public IP {name}-ip", self.group, f"{name}-ip",
                                 nm.PublicIPAddress(location=self.location, tags=support_tags,
@@ -293,7 +302,7 @@ class AzureNodeProvider(NodeProvider):
     # --- reaching nodes ------------------------------------------------------------------------
 
     def command_runner(self, node_id: str):
-        internal = self.use_internal_ips or "CLUSTER_NODE_ID" in os.environ
+        internal = "CLUSTER_NODE_ID" in os.environ or not self._has_public_ip(node_id)
         host = self.internal_ip(node_id) if internal else self.external_ip(node_id)
         if not host:
             raise ProviderError(f"{node_id} has no public IP; set provider.use_internal_ips: true "

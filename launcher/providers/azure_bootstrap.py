@@ -2,25 +2,31 @@
 the head's managed identity. Returns a config whose node types carry everything a VM create needs
 and the resources the planner packs onto.
 
-Order matters: everything that only reads (the VM size catalog, the node configs) runs first, so
-bad input (an unknown location or size, a size not offered to the subscription) fails before
-anything is created. What is created is named after the cluster, tagged `cluster-name` and reused
-by the next `cluster up`: the resource group (when missing), the network security group
+Order matters: everything that only reads (the VM size catalog, the node configs, the head's
+identity) runs first, so bad input (an unknown location or size, a size not offered to the
+subscription, a missing shared identity) fails before anything is created. What is created is
+named after the cluster, tagged `cluster-name` and reused by the next `cluster up`: the resource
+group (when missing; with Ray's provider.tags too), the network security group
 `cluster-launcher-<cluster>-nsg`, the virtual network `cluster-launcher-<cluster>-vnet` with one
-subnet `default`, the head's identity `cluster-launcher-<cluster>-head` and its role assignment.
+subnet `default`, the head's identity `cluster-launcher-<cluster>-head` (or Ray's
+provider.msi_name in provider.msi_resource_group; both given: the user's own, never created) and
+its role assignment. Every create goes through Changes, so a dry run reads everything and
+creates nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import uuid
-from typing import Callable, Mapping
+from typing import Mapping, Optional
 
 from launcher import tags as T
 from launcher.errors import AuthError, ConfigError, InvalidNodeConfig
 from launcher.providers.azure_catalog import (Clients, azure_call, catalog, is_not_found,
                                               size_resources)
+from launcher.providers.base import Changes, placeholder
 
 KEY_DIR = "~/.cluster-launcher/keys"
 KEY_NAME = "cluster-launcher_azure.pem"
@@ -28,13 +34,14 @@ KEY_NAME = "cluster-launcher_azure.pem"
 DEFAULT_IMAGE = {"imagePublisher": "microsoft-dsvm", "imageOffer": "ubuntu-2204",
                  "imageSku": "2204-gen2", "imageVersion": "latest"}
 ARM_PARAMETERS = ("vmSize", "imagePublisher", "imageOffer", "imageSku", "imageVersion", "imageId",
-                  "priority", "evictionPolicy", "billingProfile", "osDiskSizeGB", "osDiskType")
+                  "priority", "evictionPolicy", "billingProfile", "osDiskSizeGB", "osDiskType",
+                  "availability_zone")  # the last: this type's zones, over the provider's
 IDENTITY_API = "2023-01-31"
 ROLE_API = "2022-04-01"
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"  # built-in role definition id
 
 
-def bootstrap(config, echo: Callable[[str], None]):
+def bootstrap(config, changes: Changes):
     """See the module docstring."""
     provider = dict(config.provider)
     clients = Clients(provider)
@@ -43,16 +50,18 @@ def bootstrap(config, echo: Callable[[str], None]):
     if not sizes:
         raise InvalidNodeConfig(f"provider.location: no VM sizes are offered in {location!r}; "
                                 "expected an Azure location name such as eastus or westeurope")
-    zones = availability_zones(provider)
     specs = {name: _arm_parameters(name, spec.node_config)
              for name, spec in config.node_types.items()}
-    resources = {name: {**size_resources(_offered(sizes, name, params["vmSize"], zones, location)),
+    resources = {name: {**size_resources(_offered(sizes, name, params["vmSize"],
+                                                  type_zones(provider, params), location)),
                         **config.node_types[name].resources}
                  for name, params in specs.items()}
-    auth, public_key = _ssh_key(dict(config.auth), echo)
-    group_id = _resource_group(clients, provider, config.cluster_name, echo)
-    subnet = _network(clients, provider, config.cluster_name, echo)
-    identity = _head_identity(clients, provider, config.cluster_name, group_id, echo)
+    found = _find_identity(clients, provider, config.cluster_name)
+    auth, public_key = _ssh_key(dict(config.auth), changes)
+    group_id = _resource_group(clients, provider, config.cluster_name, changes)
+    subnet = _network(clients, provider, config.cluster_name, changes)
+    identity = found[0] and _head_identity(clients, provider, config.cluster_name, found,
+                                           group_id, changes)
     types = {}
     for name, spec in config.node_types.items():
         node_config = {**spec.node_config, "azure_arm_parameters": specs[name],
@@ -65,9 +74,20 @@ def bootstrap(config, echo: Callable[[str], None]):
     return dataclasses.replace(config, provider=provider, auth=auth, node_types=types)
 
 
-def availability_zones(provider: Mapping) -> list[str]:
-    """provider.availability_zone ("1,2,3": tried in that order); [] means no zone."""
-    return [z.strip() for z in str(provider.get("availability_zone", "")).split(",") if z.strip()]
+def availability_zones(section: Mapping) -> list[str]:
+    """The `availability_zone` of the provider, or of a type's azure_arm_parameters ("1,2,3":
+    tried in that order); [] means no zone, as do Ray's `none` and `auto` (Azure places the VM)."""
+    zones = str(section.get("availability_zone", ""))
+    if zones.strip().lower() in ("auto", "none"):
+        return []
+    return [z.strip() for z in zones.split(",") if z.strip()]
+
+
+def type_zones(provider: Mapping, arm_parameters: Mapping) -> list[str]:
+    """A node type's zones: its own azure_arm_parameters.availability_zone (Ray's per-type
+    setting, e.g. "none" for the head) over the provider's."""
+    return availability_zones(arm_parameters if "availability_zone" in arm_parameters
+                              else provider)
 
 
 def _arm_parameters(name: str, node_config: Mapping) -> dict:
@@ -104,27 +124,21 @@ def _offered(sizes: Mapping, name: str, size: str, zones: list, location: str) -
     return sku
 
 
-def _ssh_key(auth: dict, echo) -> tuple[dict, str]:
+def _ssh_key(auth: dict, changes: Changes) -> tuple[dict, str]:
     """(auth, OpenSSH public key): auth.ssh_public_key, else auth.ssh_private_key's public half;
     without either, a key pair created once under KEY_DIR (private key mode 0600) and used as
     auth.ssh_private_key."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
     if auth.get("ssh_public_key") and not auth.get("ssh_private_key"):
         raise ConfigError("auth.ssh_private_key: missing; auth.ssh_public_key needs its private "
                           "key, which the launcher logs in with")
     path = os.path.expanduser(auth.get("ssh_private_key") or os.path.join(KEY_DIR, KEY_NAME))
-    if not auth.get("ssh_private_key") and not os.path.exists(path):
-        echo(f"Creating SSH key pair {path}")
-        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.TraditionalOpenSSL,
-                                      serialization.NoEncryption()))
-    auth = {**auth, "ssh_private_key": auth.get("ssh_private_key") or path}
+    if not auth.get("ssh_private_key"):
+        auth = {**auth, "ssh_private_key": path}
+        if not os.path.exists(path):
+            return auth, changes.create(f"SSH key pair {path}", lambda: _generated_key(path),
+                                        placeholder(f"public key of {path}"))
     if auth.get("ssh_public_key"):
         public_path = os.path.expanduser(auth["ssh_public_key"])
         try:
@@ -145,36 +159,56 @@ def _ssh_key(auth: dict, echo) -> tuple[dict, str]:
     return auth, public.decode()
 
 
-def _resource_group(clients: Clients, provider: Mapping, cluster: str, echo) -> str:
+def _generated_key(path: str) -> str:
+    """A new RSA private key at `path` (mode 0600); returns its OpenSSH public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()
+
+
+def _resource_group(clients: Clients, provider: Mapping, cluster: str, changes: Changes) -> str:
     from azure.mgmt.resource.resources.models import ResourceGroup
 
-    name = provider["resource_group"]
-    if not azure_call(clients.resource.resource_groups.check_existence, "provider.resource_group",
-                      name):
-        echo(f"Creating resource group {name} in {provider['location']}")
-        azure_call(clients.resource.resource_groups.create_or_update, "provider.resource_group",
-                   name, ResourceGroup(location=provider["location"],
-                                       tags={T.TAG_CLUSTER_NAME: cluster}))
+    name, groups = provider["resource_group"], clients.resource.resource_groups
+    if not azure_call(groups.check_existence, "provider.resource_group", name):
+        tags = {**provider.get("tags", {}), T.TAG_CLUSTER_NAME: cluster}
+        changes.create(f"resource group {name} in {provider['location']}", lambda: azure_call(
+            groups.create_or_update, "provider.resource_group", name,
+            ResourceGroup(location=provider["location"], tags=tags)), None)
     return f"/subscriptions/{clients.subscription}/resourceGroups/{name}"
 
 
-def _network(clients: Clients, provider: Mapping, cluster: str, echo) -> str:
+def _network(clients: Clients, provider: Mapping, cluster: str, changes: Changes) -> str:
     """The subnet id of the cluster's virtual network (created once): one subnet of
     provider.vnet_cidr, guarded by a security group that admits SSH from provider.ssh_cidr
     (Azure's default rules already allow all traffic inside the network)."""
-    from azure.mgmt.network import models as nm
-
-    network, group = clients.network, provider["resource_group"]
     name = f"cluster-launcher-{cluster}"
-    tags = {T.TAG_CLUSTER_NAME: cluster}
     try:
-        vnet = azure_call(network.virtual_networks.get, "virtual network lookup", group,
-                          f"{name}-vnet")
+        vnet = azure_call(clients.network.virtual_networks.get, "virtual network lookup",
+                          provider["resource_group"], f"{name}-vnet")
         return vnet.subnets[0].id
     except InvalidNodeConfig as exc:
         if not is_not_found(exc):
             raise
-    echo(f"Creating network security group {name}-nsg and virtual network {name}-vnet")
+    return changes.create(f"network security group {name}-nsg and virtual network {name}-vnet",
+                          lambda: _create_network(clients, provider, cluster, name),
+                          placeholder(f"subnet of {name}-vnet"))
+
+
+def _create_network(clients: Clients, provider: Mapping, cluster: str, name: str) -> str:
+    from azure.mgmt.network import models as nm
+
+    network, group = clients.network, provider["resource_group"]
+    tags = {T.TAG_CLUSTER_NAME: cluster}
     ssh = nm.SecurityRule(name="ssh", priority=1000, direction="Inbound", access="Allow",
                           protocol="Tcp", source_address_prefix=provider.get("ssh_cidr", "*"),
                           source_port_range="*", destination_address_prefix="*",
@@ -194,40 +228,70 @@ def _network(clients: Clients, provider: Mapping, cluster: str, echo) -> str:
     return vnet.subnets[0].id
 
 
-def _head_identity(clients: Clients, provider: Mapping, cluster: str, group_id: str,
-                   echo) -> dict | None:
-    """The user-assigned identity the head's autoscaler authenticates as, Contributor on the
-    resource group (None: provider.head_identity is false)."""
+def _find_identity(clients: Clients, provider: Mapping,
+                   cluster: str) -> tuple[Optional[str], Optional[dict]]:
+    """(id, the identity when it exists) of the head's identity; (None, None) when
+    provider.head_identity is false. Ray's msi_name and msi_resource_group given together name an
+    identity of the user's: it must exist, and is never created."""
+    if provider.get("head_identity") is False:
+        return None, None
+    name = provider.get("msi_name") or f"cluster-launcher-{cluster}-head"
+    group = provider.get("msi_resource_group") or provider["resource_group"]
+    identity_id = (f"/subscriptions/{clients.subscription}/resourceGroups/{group}/providers/"
+                   f"Microsoft.ManagedIdentity/userAssignedIdentities/{name}")
+    with _identity_rights():
+        identity = _get_by_id(clients.resource.resources, identity_id, IDENTITY_API)
+    if identity is None and provider.get("msi_name") and provider.get("msi_resource_group"):
+        raise ConfigError(f"provider.msi_name: no managed identity {name!r} in resource group "
+                          f"{group!r}")
+    if identity is None and group != provider["resource_group"] and not azure_call(
+            clients.resource.resource_groups.check_existence, "provider.msi_resource_group",
+            group):
+        raise ConfigError(f"provider.msi_resource_group: resource group {group!r} does not exist")
+    return identity_id, identity
+
+
+def _head_identity(clients: Clients, provider: Mapping, cluster: str, found: tuple,
+                   group_id: str, changes: Changes) -> dict:
+    """The user-assigned identity the head's autoscaler authenticates as (`found` by
+    _find_identity, created when missing), Contributor on the cluster's resource group."""
     from azure.mgmt.resource.resources.models import GenericResource
 
-    if provider.get("head_identity") is False:
-        return None
-    resources = clients.resource.resources
-    identity_id = f"{group_id}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" \
-                  f"cluster-launcher-{cluster}-head"
-    try:
-        identity = _get_by_id(resources, identity_id, IDENTITY_API)
+    identity_id, identity = found
+    name, resources = identity_id.rsplit("/", 1)[1], clients.resource.resources
+    with _identity_rights():
         if identity is None:
-            echo(f"Creating managed identity cluster-launcher-{cluster}-head for the head's "
-                 "autoscaler (Contributor on the resource group)")
-            identity = azure_call(resources.begin_create_or_update_by_id, "head identity",
-                                  identity_id, api_version=IDENTITY_API, parameters=GenericResource(
-                                      location=provider["location"],
-                                      tags={T.TAG_CLUSTER_NAME: cluster})).as_dict()
-        principal = identity["properties"]["principalId"]
+            identity = changes.create(
+                f"managed identity {name} for the head's autoscaler", lambda: azure_call(
+                    resources.begin_create_or_update_by_id, "head identity", identity_id,
+                    api_version=IDENTITY_API, parameters=GenericResource(
+                        location=provider["location"],
+                        tags={T.TAG_CLUSTER_NAME: cluster})).as_dict(),
+                {"id": identity_id,
+                 "properties": {"clientId": placeholder(f"client id of {name}")}})
         role_id = f"{group_id}/providers/Microsoft.Authorization/roleAssignments/" \
                   f"{uuid.uuid5(uuid.NAMESPACE_URL, identity_id.lower())}"
         if _get_by_id(resources, role_id, ROLE_API) is None:
             role = f"/subscriptions/{clients.subscription}/providers/Microsoft.Authorization/" \
                    f"roleDefinitions/{CONTRIBUTOR}"
-            azure_call(resources.begin_create_or_update_by_id, "head role assignment", role_id,
-                       api_version=ROLE_API, parameters=GenericResource(properties={
-                           "roleDefinitionId": role, "principalId": principal,
-                           "principalType": "ServicePrincipal"}))
+            changes.create(
+                f"role assignment: {name} is Contributor on resource group "
+                f"{provider['resource_group']}", lambda: azure_call(
+                    resources.begin_create_or_update_by_id, "head role assignment", role_id,
+                    api_version=ROLE_API, parameters=GenericResource(properties={
+                        "roleDefinitionId": role, "principalType": "ServicePrincipal",
+                        "principalId": identity["properties"]["principalId"]})), None)
+    return identity
+
+
+@contextlib.contextmanager
+def _identity_rights():
+    """An account that may not manage identities can still run a cluster: say how."""
+    try:
+        yield
     except AuthError as exc:
         raise AuthError(f"{exc}; set provider.head_identity: false and give the head "
                         "credentials another way (see docs/azure.md)") from None
-    return identity
 
 
 def _get_by_id(resources, resource_id: str, api_version: str) -> dict | None:

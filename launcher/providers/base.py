@@ -7,9 +7,33 @@ can crash and resume. Errors are raised as the typed errors of launcher.errors.
 from __future__ import annotations
 
 import abc
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 from launcher.command_runner import CommandRunner
+
+R = TypeVar("R")
+
+
+class Changes:
+    """Every create or modify of a bootstrap (in the cloud account, or a key file on this machine)
+    goes through `create`, so `cluster up --dry-run` can run the same bootstrap read-only: reads
+    still run (bad input fails the same way), changes are only reported ("would create X"), and
+    later steps get a placeholder that says what it stands for."""
+
+    def __init__(self, echo: Callable[[str], None] = lambda _: None, apply: bool = True):
+        self.echo, self.apply = echo, apply
+
+    def create(self, what: str, make: Callable[[], R], placeholder: R) -> R:
+        if not self.apply:
+            self.echo(f"would create {what}")
+            return placeholder
+        self.echo(f"Creating {what}")
+        return make()
+
+
+def placeholder(what: str) -> str:
+    """An id that does not exist yet, in a dry run's resolved config."""
+    return f"<to be created: {what}>"
 
 
 class NodeProvider(abc.ABC):
@@ -61,10 +85,14 @@ class NodeProvider(abc.ABC):
     def external_ip(self, node_id: str) -> Optional[str]:
         """The address the user's machine uses to reach this node, if any."""
 
-    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None,
+                  dry_run: bool = False):
         """Prepare the account (keys, network, firewall) and fill in derived config, reporting
-        progress through `echo`. Returns the (possibly updated) ClusterConfig. Default: nothing
+        progress through `echo`. Returns the (possibly updated) ClusterConfig. With dry_run,
+        only read: what would be created is reported instead (see Changes). Default: nothing
         to prepare."""
+        if dry_run:
+            echo(f"provider {self.provider_config['type']}: nothing to bootstrap")
         return config
 
     @abc.abstractmethod

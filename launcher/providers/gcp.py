@@ -12,7 +12,7 @@
 - provider.use_internal_ips: SSH to internal IPs; otherwise to external ones. The head's own
   autoscaler (CLUSTER_NODE_ID is set there) always uses internal IPs.
 - provider.api_endpoint: the Compute Engine endpoint (default the public one); credentials come
-  from google-auth's Application Default Credentials.
+  from Ray's provider.gcp_credentials, else google-auth's Application Default Credentials.
 
 google-cloud-compute is imported only by this module and gcp_bootstrap/gcp_catalog. See docs/gcp.md.
 """
@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from launcher import tags as T
 from launcher.errors import CapacityError, InvalidNodeConfig, ProviderError
-from launcher.providers.base import NodeProvider
+from launcher.providers.base import Changes, NodeProvider
 from launcher.providers.gcp_bootstrap import key_path, resource_name
 from launcher.providers.gcp_catalog import Compute, base_name, has_reason
 from launcher.ssh import SSHRunners
@@ -81,15 +81,17 @@ class GCPNodeProvider(NodeProvider):
         self.region = provider_config["region"]
         self.cache_stopped = bool(provider_config.get("cache_stopped_nodes", False))
         self.use_internal_ips = bool(provider_config.get("use_internal_ips", False))
-        self.gce = Compute(self.project, provider_config.get("api_endpoint"))
+        self.gce = Compute(self.project, provider_config.get("api_endpoint"),
+                           credentials=provider_config.get("gcp_credentials"))
         self._instances: dict[str, object] = {}  # name -> last compute_v1.Instance seen
         self._runners = SSHRunners(cluster_name, self.auth)
         self._lock = threading.Lock()
 
-    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None,
+                  dry_run: bool = False):
         from launcher.providers.gcp_bootstrap import bootstrap
 
-        config = bootstrap(config, echo, self.gce)
+        config = bootstrap(config, Changes(echo, apply=not dry_run), self.gce)
         self.auth = dict(config.auth)
         return config
 

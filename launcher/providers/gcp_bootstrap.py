@@ -7,7 +7,8 @@ Order matters: everything that only reads runs first, so bad input (an unknown z
 or image, a GPU type the zones do not offer) fails before anything is created. What is created is
 named after the cluster and reused on the next `cluster up`: the firewall rules
 `cluster-launcher-<cluster>-ssh` and `-internal` on the cluster's network tag. The SSH key pair
-lives only on this machine (~/.cluster-launcher/keys) and in the instances' metadata.
+lives only on this machine (~/.cluster-launcher/keys) and in the instances' metadata. Every
+create goes through Changes, so a dry run reads everything and creates nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import dataclasses
 import json
 import os
 import re
-from typing import Callable, Mapping
+from typing import Mapping
 
 from launcher.errors import ConfigError, InvalidNodeConfig, ProviderError
 from launcher.tags import dns_name
+from launcher.providers.base import Changes, placeholder
 from launcher.providers.gcp_catalog import (CLOUD_PLATFORM, Compute, base_name, has_reason,
                                            machine_resources)
 
@@ -44,7 +46,7 @@ def key_path(project: str) -> str:
     return os.path.join(os.path.expanduser(KEY_DIR), f"cluster-launcher_gcp_{project}.pem")
 
 
-def bootstrap(config, echo: Callable[[str], None], gce: Compute):
+def bootstrap(config, changes: Changes, gce: Compute):
     """See the module docstring."""
     provider = config.provider
     types = {name: dataclasses.replace(spec, node_config=_normalized(name, spec.node_config))
@@ -56,9 +58,9 @@ def bootstrap(config, echo: Callable[[str], None], gce: Compute):
                 for name, spec in types.items()}
     _check_images(gce, types)
     network = _network(gce, provider)
-    auth, public_key = _ssh_key(provider, dict(config.auth), echo)
+    auth, public_key = _ssh_key(provider, dict(config.auth), changes)
     tag = resource_name(config.cluster_name)
-    _firewalls(gce, config.cluster_name, network, tag, provider, echo)
+    _firewalls(gce, config.cluster_name, network, tag, provider, changes)
     for name, spec in types.items():
         node_config = copy.deepcopy(dict(spec.node_config))
         node_config.setdefault("zones", offered[name])
@@ -221,7 +223,7 @@ def _scheduling(node_config: dict, has_gpu: bool) -> None:
 
 
 def _firewalls(gce: Compute, cluster: str, network: str, tag: str, provider: Mapping,
-               echo) -> None:
+               changes: Changes) -> None:
     """SSH from provider.ssh_cidr (default anywhere) and all traffic between the cluster's nodes,
     both on the cluster's network tag; created when missing."""
     rules = {
@@ -231,20 +233,24 @@ def _firewalls(gce: Compute, cluster: str, network: str, tag: str, provider: Map
                                               "allowed": [{"IPProtocol": "all"}]},
     }
     for name, rule in rules.items():
-        if _exists(gce, "Firewalls", "firewall lookup", firewall=name):
-            continue
-        echo(f"Creating firewall rule {name} on {base_name(network)}")
-        from google.cloud import compute_v1
-
-        body = compute_v1.Firewall.from_json(json.dumps({
-            "name": name, "network": network, "direction": "INGRESS", "targetTags": [tag],
-            "description": f"cluster-launcher cluster {cluster}", **rule}))
-        operation = gce.call("Firewalls", "insert_unary", f"creating firewall rule {name}",
-                             firewall_resource=body)
-        gce.wait(operation, f"creating firewall rule {name}")
+        if not _exists(gce, "Firewalls", "firewall lookup", firewall=name):
+            body = {"name": name, "network": network, "direction": "INGRESS",
+                    "targetTags": [tag], "description": f"cluster-launcher cluster {cluster}",
+                    **rule}
+            changes.create(f"firewall rule {name} on {base_name(network)}",
+                           lambda body=body: _insert_firewall(gce, body), None)
 
 
-def _ssh_key(provider: Mapping, auth: dict, echo) -> tuple[dict, str]:
+def _insert_firewall(gce: Compute, body: dict) -> None:
+    from google.cloud import compute_v1
+
+    what = f"creating firewall rule {body['name']}"
+    operation = gce.call("Firewalls", "insert_unary", what,
+                         firewall_resource=compute_v1.Firewall.from_json(json.dumps(body)))
+    gce.wait(operation, what)
+
+
+def _ssh_key(provider: Mapping, auth: dict, changes: Changes) -> tuple[dict, str]:
     """(auth, OpenSSH public key): the user's key (auth.ssh_public_key, else the public half of
     auth.ssh_private_key), or the project's key pair generated once under KEY_DIR (mode 0600)."""
     import paramiko
@@ -257,7 +263,11 @@ def _ssh_key(provider: Mapping, auth: dict, echo) -> tuple[dict, str]:
         except OSError as exc:
             raise ConfigError(f"auth.ssh_public_key: cannot read {path}: {exc.strerror}") from None
     if not auth.get("ssh_private_key"):
-        auth = {**auth, "ssh_private_key": _generated_key(key_path(provider["project_id"]), echo)}
+        generated = key_path(provider["project_id"])
+        auth = {**auth, "ssh_private_key": generated}
+        if not os.path.exists(generated):
+            return auth, changes.create(f"SSH key {generated}", lambda: _generated_key(generated),
+                                        placeholder(f"public key of {generated}"))
     path = os.path.expanduser(auth["ssh_private_key"])
     try:
         key = paramiko.PKey.from_path(path)
@@ -266,17 +276,16 @@ def _ssh_key(provider: Mapping, auth: dict, echo) -> tuple[dict, str]:
     return auth, f"{key.get_name()} {key.get_base64()}"
 
 
-def _generated_key(path: str, echo) -> str:
-    """An Ed25519 private key at `path` (mode 0600), created if missing."""
+def _generated_key(path: str) -> str:
+    """A new Ed25519 private key at `path` (mode 0600); returns its OpenSSH public key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    if not os.path.exists(path):
-        echo(f"Creating SSH key {path}")
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                serialization.NoEncryption()))
-    return path
+    key = Ed25519PrivateKey.generate()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                  serialization.NoEncryption()))
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()

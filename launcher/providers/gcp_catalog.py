@@ -2,9 +2,10 @@
 machine type catalog.
 
 google-cloud-compute and google-auth are imported only here and in the other gcp modules, so
-`import launcher` works without them. Credentials come from google-auth's Application Default
-Credentials (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`, the metadata
-server of a GCE VM); the endpoint is provider.api_endpoint (default the public one).
+`import launcher` works without them. Credentials come from Ray's provider.gcp_credentials when
+given, else from google-auth's Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,
+`gcloud auth application-default login`, the metadata server of a GCE VM); the endpoint is
+provider.api_endpoint (default the public one).
 
 Operations are polled through this module's own operations clients, built with the same endpoint:
 the SDK's `insert(...).result()` would poll through a client of its own, on the public endpoint.
@@ -12,10 +13,11 @@ the SDK's `insert(...).result()` would poll through a client of its own, on the 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from launcher.errors import (AuthError, CapacityError, ConfigError, InvalidNodeConfig,
                              ProviderError, QuotaError, TransientError)
@@ -54,10 +56,12 @@ class Compute:
     """
 
     def __init__(self, project: str, endpoint: Optional[str] = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 credentials: Optional[Mapping] = None):
         self.project = project
         self.endpoint = _checked(endpoint or PUBLIC_ENDPOINT)
         self.sleep = sleep
+        self._given = credentials  # Ray's provider.gcp_credentials
         self._credentials = None
         self._clients: dict[str, object] = {}
         self._lock = threading.Lock()
@@ -70,7 +74,8 @@ class Compute:
                 from google.cloud import compute_v1
 
                 if self._credentials is None:
-                    self._credentials = _default_credentials()
+                    self._credentials = (_given_credentials(self._given) if self._given
+                                         else _default_credentials())
                 self._clients[name] = getattr(compute_v1, f"{name}Client")(
                     credentials=self._credentials,
                     client_options=ClientOptions(api_endpoint=self.endpoint))
@@ -154,6 +159,21 @@ def _default_credentials():
         is_missing = "default credentials were not found" in detail.lower()
         raise AuthError(NO_CREDENTIALS if is_missing else f"GCP credentials: {detail}") from None
     return credentials
+
+
+def _given_credentials(given: Mapping):
+    """Ray's provider.gcp_credentials: {type: service_account, credentials: <the key file's
+    JSON>} or {type: credentials_token, credentials: <an OAuth 2.0 access token>}."""
+    from google.oauth2 import credentials, service_account
+
+    if given["type"] == "credentials_token":
+        return credentials.Credentials(given["credentials"])
+    try:
+        return service_account.Credentials.from_service_account_info(
+            json.loads(given["credentials"]), scopes=[CLOUD_PLATFORM])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError("provider.gcp_credentials.credentials: not a service account's JSON "
+                          f"key ({' '.join(str(exc).split())})") from None
 
 
 def classify_codes(codes: Iterable[str], status: Optional[int], line: str) -> ProviderError:

@@ -63,11 +63,12 @@ class _State:
     def __init__(self, root: str):
         self.root = root
         self.path = os.path.join(root, "nodes.json")
-        os.makedirs(root, mode=0o700, exist_ok=True)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[dict]:
-        """Hold the machine-wide lock; yield the records. Changes are kept only by save()."""
+        """Hold the machine-wide lock; yield the records. Changes are kept only by save(). The
+        directory is made here, not before: loading a provider (a dry run) writes nothing."""
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(self.root, "nodes.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,9 +1,11 @@
 """The `ssh` provider: machines the user already has, listed in the config.
 
 `provider.head_ip` is the head; `provider.worker_ips` are the hosts the autoscaler may claim for
-workers. Creating a node claims a free host; terminating one stops the runtime there and releases
-the claim — the machine itself is left alone. Claims and tags live on the head in a file under a
-lock (see ssh_claims), so the laptop and the head's autoscaler share one truth.
+workers; Ray's `provider.external_head_ip` is the head's address from this machine (outside the
+hosts' network), which the launcher then SSHes to. Creating a node claims a free host;
+terminating one stops the runtime there and releases the claim — the machine itself is left
+alone. Claims and tags live on the head in a file under a lock (see ssh_claims), so the laptop
+and the head's autoscaler share one truth.
 """
 
 from __future__ import annotations
@@ -26,13 +28,20 @@ class SSHNodeProvider(NodeProvider):
         super().__init__(provider_config, cluster_name, auth)
         self.head_ip = provider_config["head_ip"]
         self.worker_ips = list(provider_config["worker_ips"])
+        self.external_head_ip = provider_config.get("external_head_ip")
         self._state_path = f"~/.cluster/ssh-claims-{cluster_name}.json"
         # processes on the head (the autoscaler) were started with the head's node id
         self._on_head = os.environ.get("CLUSTER_NODE_ID") == self.head_ip
         self._runners = SSHRunners(cluster_name, self.auth)
 
-    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None):
-        """The head host keeps the cluster's claims: wait until it answers SSH (it may be booting)."""
+    def bootstrap(self, config, echo: Callable[[str], None] = lambda _: None,
+                  dry_run: bool = False):
+        """The head host keeps the cluster's claims: wait until it answers SSH (it may be booting).
+        A dry run contacts no host: the hosts are the user's, nothing is created on them."""
+        if dry_run:
+            echo("provider ssh: nothing to bootstrap (hosts are used as they are)")
+            return config
+
         def attempt(n: int, cause: str) -> None:
             if n == 1 or n % 5 == 0:
                 echo(f"Waiting for SSH on head {self.head_ip}: {cause}")
@@ -99,7 +108,8 @@ class SSHNodeProvider(NodeProvider):
         return node_id
 
     def external_ip(self, node_id: str) -> Optional[str]:
-        return node_id
+        return (self.external_head_ip or node_id) if node_id == self.head_ip else node_id
 
     def command_runner(self, node_id: str) -> SSHCommandRunner:
-        return self._runners.get(node_id, node_id, self.auth["ssh_private_key"], f"host {node_id}")
+        address = node_id if self._on_head else self.external_ip(node_id)
+        return self._runners.get(node_id, address, self.auth["ssh_private_key"], f"host {node_id}")
