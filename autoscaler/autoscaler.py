@@ -115,17 +115,31 @@ class Autoscaler:
         state = self.gcs.GetClusterState(pb.Empty(), timeout=10)
         runtime = {n.node_id: RuntimeNode(n.node_id, dict(n.total), dict(n.available),
                                           n.idle_seconds) for n in state.nodes}
+        dead = frozenset(state.dead_nodes)
         observations = Observations(
             planner_config(self.config), instances_from(listing, self.known), runtime,
-            demand_from(state), frozenset(state.dead_nodes), dict(self.known), done.results,
-            done.busy_nodes, done.launches, self.backoffs, self._id_prefix, self.policy,
-            self.wanted)
+            demand_from(state), dead, self._preempted(listing, dead), dict(self.known),
+            done.results, done.busy_nodes, done.launches, self.backoffs, self._id_prefix,
+            self.policy, self.wanted)
         decision = reconcile(observations, now)
         self._record(decision, listing)
         for action in decision.actions:
             self.actuators.start(action)
         self._publish(decision, listing, runtime, state, now)
         return decision
+
+    def _preempted(self, listing: Mapping, dead: frozenset) -> dict[str, str]:
+        """Which nodes that vanished unasked, or died, the cloud took away (and why)."""
+        vanished = [node_id for node_id, node in self.known.items() if node_id not in listing
+                    and node.state not in L.FINAL | {L.TERMINATING}]
+        candidates = sorted(set(vanished) | (dead & set(listing)))
+        if not candidates:
+            return {}
+        try:
+            return self.provider.preempted(candidates)
+        except LauncherError as exc:  # then they count as vanished or dead, as before
+            log.warning("asking the provider about %s failed: %s", ", ".join(candidates), exc)
+            return {}
 
     def _record(self, decision: Decision, listing: Mapping) -> None:
         """Write the moves to the instances' tags (the last one per node is enough: the tags
@@ -139,9 +153,9 @@ class Autoscaler:
                 except LauncherError as exc:  # gone meanwhile: the next listing shows it
                     log.warning("recording %s -> %s failed: %s", node_id, node.state, exc)
         with self._lock:
-            for move in decision.moves:
-                if not move.on_instance:
-                    self.gone.append(move.node)
+            gone = {move.node.node_id: move.node for move in decision.moves
+                    if not move.on_instance}  # its last step holds the whole history
+            self.gone.extend(gone.values())
             for message in decision.events:
                 log.info(message)
                 self.events.append({"time": self.clock(), "message": message})

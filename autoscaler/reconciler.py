@@ -93,6 +93,7 @@ class Observations:
     runtime: Mapping[str, RuntimeNode]
     demand: planner.Demand
     dead: frozenset = frozenset()  # node ids the GCS declared dead
+    preempted: Mapping[str, str] = field(default_factory=dict)  # taken by the cloud: id -> why
     known: Mapping[str, L.NodeLifecycle] = field(default_factory=dict)  # after the last step
     results: tuple[Result, ...] = ()
     in_flight: frozenset = frozenset()  # node ids an Install, Drain or Terminate still runs on
@@ -215,11 +216,22 @@ class _Step:
             self.events.append(f"setting up {install.node_id} ({install.node_type}) failed: "
                                f"{result.error}")
 
+    def _preemption(self, node_id: str) -> str:
+        """The cloud's reason the node was taken away, told once as an event."""
+        why = self.obs.preempted[node_id]
+        self.events.append(f"{node_id} was {why}; its work is retried elsewhere and the "
+                           "demand it leaves launches a replacement")
+        return why
+
     def forget_vanished(self) -> None:
         """Instances known at the last step that the provider no longer lists are gone."""
         for node_id, node in sorted(self.obs.known.items()):
             if node_id in self.obs.instances or node.state in L.FINAL or node.state is None:
                 continue
+            if node_id in self.obs.preempted and L.can_move(node.state, L.PREEMPTED):
+                node = L.transition(node, L.PREEMPTED, self._preemption(node_id), self.now)
+                self.moves.append(Move(node, node.history[-1].reason, on_instance=False))
+                self.terminating.append(node_id)  # what the cloud may have left (a stopped VM)
             expected = node.state in (L.TERMINATING, L.PREEMPTED)
             reason = "terminated" if expected else "vanished from the provider's listing"
             self.moves.append(Move(L.transition(node, L.TERMINATED, reason, self.now), reason,
@@ -233,6 +245,9 @@ class _Step:
         node_id, policy = instance.node_id, self.obs.policy
         node, busy = self.nodes[node_id], node_id in self.obs.in_flight
         alive = self.obs.runtime.get(node_id)
+        if node_id in self.obs.preempted and L.can_move(node.state, L.PREEMPTED):
+            self.move(node_id, L.PREEMPTED, self._preemption(node_id))
+            node = self.nodes[node_id]
         if node.state == L.REQUESTED and instance.launch_request not in self.obs.launches:
             self.move(node_id, L.ALLOCATED, "its launch ended while the autoscaler was away")
             node = self.nodes[node_id]

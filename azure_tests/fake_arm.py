@@ -14,7 +14,8 @@ over real HTTP to the real azure-mgmt SDK clients.
   against IDENTITY_HEADER) issues bearer tokens every ARM call must carry; the IMDS path answers
   400 "no identity", as a VM without a managed identity does.
 - Error injection: fail_vm(code, size, zone) makes VM creates fail, synchronously (409: capacity or
-  quota) or asynchronously (the operation fails, the VM is left Failed); throttle(n) answers 429.
+  quota) or asynchronously (the operation fails, the VM is left Failed); throttle(n) answers 429;
+  evict(name) takes a spot VM away (deleted, or deallocated: its instanceView says so).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class FakeARM:
     requests: list = field(default_factory=list)  # (method, path) of every ARM call
     restricted: dict = field(default_factory=dict)  # size -> reason it is not offered
     failures: list = field(default_factory=list)
+    evicted: dict = field(default_factory=dict)  # lower-cased VM id -> its power state code
     throttled: int = 0
     tokens: set = field(default_factory=set)
     _operations: dict = field(default_factory=dict)
@@ -102,6 +104,17 @@ class FakeARM:
         """VM creates of this size (any: None) in this zone fail with `code`, `times` times."""
         with self._lock:
             self.failures.append(Failure(code, size, zone, times))
+
+    def evict(self, name: str, deallocate: bool = False) -> None:
+        """Azure takes the spot VM `name` away: deletes it (evictionPolicy Delete) or
+        deallocates it (Deallocate), as an eviction does."""
+        with self._lock:
+            [vm_id] = [i for i, r in self.resources.items() if r.get("name") == name
+                       and r.get("type", "").lower() == "microsoft.compute/virtualmachines"]
+            if deallocate:
+                self.evicted[vm_id] = "PowerState/deallocated"
+            else:
+                del self.resources[vm_id]
 
     def throttle(self, times: int) -> None:
         """The next `times` ARM calls answer 429 Too Many Requests."""
@@ -182,6 +195,12 @@ class FakeARM:
             kind = f"{parts[5]}/{parts[6]}".lower()
             return 200, {"value": [r for r in self.of_type(kind)
                                    if r["id"].lower().startswith(group_id.lower() + "/")]}, {}
+        if len(parts) == 9 and lower[8] == "instanceview":  # a VM's power state
+            if resource_id.lower().rsplit("/", 1)[0] not in self.resources:
+                return _not_found(resource_id)
+            power = self.evicted.get(resource_id.lower().rsplit("/", 1)[0], "PowerState/running")
+            return 200, {"statuses": [{"code": "ProvisioningState/succeeded"},
+                                      {"code": power}]}, {}
         if len(parts) == 9:  # a child resource (a vnet's subnet)
             found = self.resources.get("/".join([""] + parts[:8]).lower())
             subnets = (found or {}).get("properties", {}).get(parts[7], [])

@@ -194,6 +194,18 @@ def test_a_node_types_own_availability_zone_wins_over_the_providers(arm):
     assert vm_body(arm, head).get("zones") in (None, []) and vm_body(arm, gpu)["zones"] == ["2"]
 
 
+@pytest.mark.parametrize("deallocate", [False, True], ids=["deleted", "deallocated"])
+def test_an_evicted_spot_vm_is_reported_preempted_and_an_on_demand_one_is_not(arm, deallocate):
+    types = {"head": node("Standard_D4s_v5"), "gpu": node("Standard_NC4as_T4_v3", priority="Spot")}
+    config, provider = bootstrapped(arm, **types)
+    [head] = provider.create("head", config.node_types["head"].node_config, worker_tags("head"), 1)
+    [spot] = provider.create("gpu", config.node_types["gpu"].node_config, worker_tags(), 1)
+    assert provider.nodes({}) == sorted([head, spot]) and provider.preempted([head, spot]) == {}
+    arm.evict(spot, deallocate=deallocate)
+    how = "deallocated" if deallocate else "deleted on eviction"
+    assert provider.preempted([head, spot]) == {spot: f"evicted by Azure (spot VM {how})"}
+
+
 @pytest.mark.parametrize("code,error", [
     ("SkuNotAvailable", CapacityError), ("AllocationFailed", CapacityError),
     ("ZonalAllocationFailed", CapacityError), ("OverconstrainedAllocationRequest", CapacityError),

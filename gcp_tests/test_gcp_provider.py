@@ -182,6 +182,21 @@ def test_spot_is_passed_through_and_always_deleted(fake):
     assert not set(ids) & set(fake.instances)
 
 
+@pytest.mark.parametrize("how", ["deleted", "stopped"])
+def test_a_preempted_spot_vm_is_reported_and_an_on_demand_one_is_not(fake, how):
+    config, provider = bootstrapped(fake)
+    [standard] = launch(provider, config)
+    [spot] = launch(provider, config, scheduling={"provisioningModel": "SPOT"})
+    assert provider.nodes({}) == sorted([standard, spot])
+    assert provider.preempted([standard, spot]) == {}
+    if how == "deleted":  # instanceTerminationAction DELETE
+        del fake.instances[spot]
+    else:
+        fake.instances[spot]["status"] = "TERMINATED"
+    assert provider.preempted([standard, spot]) == {
+        spot: f"preempted by Compute Engine (spot VM {how}{' on preemption' * (how == 'deleted')})"}
+
+
 def test_cache_stopped_nodes_stops_on_demand_and_restarts_them(fake):
     config, provider = bootstrapped(fake, provider={"cache_stopped_nodes": True})
     [head] = launch(provider, config, "head", kind=T.KIND_HEAD)

@@ -58,6 +58,33 @@ def worker_tags(config):
             T.TAG_LAUNCH_HASH: "h1"}
 
 
+def _interrupt(instance_id: str) -> None:
+    """EC2 reclaims a spot instance, as moto cannot: terminated, with the interruption's reason."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    instance = ec2_backends[DEFAULT_ACCOUNT_ID][REGION].get_instance(instance_id)
+    instance._state.name, instance._state.code = "terminated", 48
+    instance.state_reason = StateReason("Server.SpotInstanceTermination: Spot instance termination",
+                                        "Server.SpotInstanceTermination")
+
+
+def test_an_interrupted_spot_instance_is_reported_preempted_and_a_terminated_one_is_not(ec2):
+    spot = {"InstanceMarketOptions": {"MarketType": "spot"}}
+    config, provider = bootstrapped(ec2, head={"node_config": {
+        "InstanceType": "m5.large", "ImageId": ec2.image_id}}, gpu={"node_config": {
+            "InstanceType": "g5.xlarge", "ImageId": ec2.image_id, **spot}})
+    gpu = config.node_types["gpu"].node_config
+    taken, ended = provider.create("gpu", gpu, worker_tags(config), 2)
+    assert provider.preempted([taken, ended]) == {}
+    _interrupt(taken)
+    provider.terminate([ended])  # by us: not a preemption
+    assert provider.nodes({}) == []
+    assert provider.preempted([taken, ended]) == {
+        taken: "Server.SpotInstanceTermination: Spot instance termination"}
+
+
 def test_bootstrap_creates_key_group_profile_and_detects_resources(ec2):
     config, provider = bootstrapped(ec2)
     key_path = config.auth["ssh_private_key"]

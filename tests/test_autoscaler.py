@@ -66,6 +66,7 @@ class MemoryProvider(NodeProvider):
         self.tags: dict[str, dict] = {}
         self.fail_creates = False
         self.hold_setups = False  # a node's SSH does not answer while set: setups hang
+        self.taken: dict[str, str] = {}  # node id -> why the cloud took it away
         self.create_calls = 0
         self.commands: list[str] = []
         self._ids = itertools.count()
@@ -84,6 +85,9 @@ class MemoryProvider(NodeProvider):
         for node_id in ids:
             self.tags[node_id] = {T.TAG_CLUSTER_NAME: "rec", **tags}
         return ids
+
+    def preempted(self, node_ids):
+        return {i: why for i, why in self.taken.items() if i in node_ids}
 
     def terminate(self, node_ids):
         for node_id in node_ids:
@@ -268,3 +272,18 @@ def test_a_worker_made_from_an_old_node_config_is_drained_and_replaced(gcs_stub)
     gcs_stub.Heartbeat(pb.HeartbeatRequest(node_id="old", available={"CPU": 2}, idle_seconds=1))
     _settle(autoscaler, lambda: "old" not in provider.tags)
     assert "terminating old (cpu-2): replaced: its launch is outdated" in _messages(autoscaler)
+
+
+def test_a_preempted_worker_is_recorded_with_the_clouds_reason_and_replaced(gcs_stub):
+    provider, clock = MemoryProvider(), [1000.0]
+    autoscaler = _autoscaler(gcs_stub, provider, clock)
+    _register_idle_worker(gcs_stub, autoscaler, "w1", idle_seconds=-1)
+    autoscaler.tick()
+    del provider.tags["w1"]  # the cloud takes it away mid-task; its work is queued again
+    provider.taken["w1"] = "Server.SpotInstanceTermination"
+    gcs_stub.UnregisterNode(pb.NodeIdRequest(node_id="w1"))
+    _queue_demand(gcs_stub, 1)
+    _settle(autoscaler, lambda: provider.create_calls == 1)
+    assert "w1 was Server.SpotInstanceTermination; its work is retried" in _messages(autoscaler)
+    [gone] = [n for n in autoscaler.gone if n.node_id == "w1"]
+    assert [s.state for s in gone.history[-2:]] == [L.PREEMPTED, L.TERMINATED]

@@ -281,3 +281,29 @@ def test_an_up_to_date_worker_is_left_alone():
     fine = worker("w1", L.RUNNING, launch_hash="L2", runtime_hash="R1", setup_hash="S2")
     decision = reconcile(observe(fine, runtime=[alive("w1", -1)], wanted=WANTED), NOW)
     assert decision.moves == () and decision.actions == ()
+
+
+# -- preemption --------------------------------------------------------------------------------
+
+def test_a_spot_node_the_cloud_took_away_is_preempted_then_terminated_and_replaced():
+    known = {"w1": L.NodeLifecycle("w1", L.RUNNING, 1.0)}
+    decision = reconcile(observe(known=known, demand=1,
+                                 preempted={"w1": "Server.SpotInstanceTermination"}), NOW)
+    steps = [(m.node.state, m.node.history[-1].reason) for m in decision.moves]
+    assert steps == [(L.PREEMPTED, "Server.SpotInstanceTermination"), (L.TERMINATED, "terminated")]
+    assert terminated(decision) == ["w1"]  # whatever the cloud left of it
+    assert [(a.node_type, a.count) for a in actions(decision, Launch)] == [("cpu", 1)]
+    assert any("w1" in e and "was Server.SpotInstanceTermination" in e for e in decision.events)
+
+
+def test_a_listed_node_the_cloud_deallocated_is_preempted_not_dead():
+    decision = reconcile(observe(worker("w1", L.RUNNING, age=100), dead=frozenset({"w1"}),
+                                 preempted={"w1": "evicted by Azure (spot VM deallocated)"}), NOW)
+    assert [s.state for s in decision.nodes["w1"].history[-2:]] == [L.PREEMPTED, L.TERMINATING]
+    assert terminated(decision) == ["w1"]
+
+
+def test_a_node_terminated_on_purpose_is_not_called_preempted():
+    known = {"w1": L.NodeLifecycle("w1", L.TERMINATING, 1.0)}
+    decision = reconcile(observe(known=known, preempted={"w1": "whatever"}), NOW)
+    assert [m.node.state for m in decision.moves] == [L.TERMINATED]

@@ -86,6 +86,16 @@ class AWSNodeProvider(NodeProvider):
         filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in sorted(tag_filters.items())]
         return sorted(i["InstanceId"] for i in self._describe(filters))
 
+    def preempted(self, node_ids: Sequence[str]) -> dict[str, str]:
+        """Spot instances EC2 interrupted (terminated or stopped, its StateReason says so)."""
+        if not node_ids:
+            return {}
+        found = self._describe([{"Name": "instance-id", "Values": sorted(node_ids)}],
+                               states=["pending", "running", "shutting-down", "terminated",
+                                       "stopping", "stopped"])
+        return {i["InstanceId"]: i["StateReason"].get("Message") or i["StateReason"]["Code"]
+                for i in found if i.get("StateReason", {}).get("Code") in SPOT_INTERRUPTIONS}
+
     def _instance(self, node_id: str) -> dict:
         with self._lock:
             instance = self._instances.get(node_id)
@@ -231,6 +241,9 @@ class AWSNodeProvider(NodeProvider):
 
         name = self.provider_config.get("key_pair_name", f"cluster-launcher_{self.region}")
         return self.auth.get("ssh_private_key") or os.path.join(KEY_DIR, f"{name}.pem")
+
+
+SPOT_INTERRUPTIONS = {"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"}
 
 
 def _is_spot(node_config: Mapping) -> bool:

@@ -52,6 +52,7 @@ class AzureNodeProvider(NodeProvider):
         self.external_head = bool(provider_config.get("use_external_head_ip", False))
         self.clients = Clients(provider_config)
         self._tags: dict[str, dict] = {}  # VM name -> tags, from the last listing
+        self._spot: set[str] = set()  # the spot VMs among them
         self._ips: dict[tuple, Optional[str]] = {}  # (VM name, "-nic" | "-ip") -> address
         self._runners = SSHRunners(cluster_name, self.auth)
         self._lock = threading.Lock()
@@ -70,12 +71,32 @@ class AzureNodeProvider(NodeProvider):
     def _list(self) -> dict[str, dict]:
         """VM name -> tags of the cluster's VMs that are not being deleted."""
         vms = self._listed(self.clients.compute.virtual_machines.list, "listing VMs")
-        found = {vm.name: dict(vm.tags or {}) for vm in vms
-                 if (vm.tags or {}).get(T.TAG_CLUSTER_NAME) == self.cluster_name
-                 and vm.provisioning_state != "Deleting"}
+        ours = [vm for vm in vms if (vm.tags or {}).get(T.TAG_CLUSTER_NAME) == self.cluster_name
+                and vm.provisioning_state != "Deleting"]
+        found = {vm.name: dict(vm.tags or {}) for vm in ours}
         with self._lock:
             self._tags.update(found)
+            self._spot.update(vm.name for vm in ours if vm.priority == "Spot")
         return found
+
+    def preempted(self, node_ids: Sequence[str]) -> dict[str, str]:
+        """Spot VMs Azure evicted: deallocated (evictionPolicy Deallocate), or gone (Delete, our
+        default; a spot VM deleted by hand reads the same)."""
+        listed = self._list() if node_ids else {}
+        with self._lock:
+            spot = [n for n in node_ids if n in self._spot]
+        evicted = {}
+        for name in spot:
+            if name not in listed:
+                evicted[name] = "evicted by Azure (spot VM deleted on eviction)"
+            elif self._power_state(name) == "PowerState/deallocated":
+                evicted[name] = "evicted by Azure (spot VM deallocated)"
+        return evicted
+
+    def _power_state(self, name: str) -> str:
+        view = azure_call(self.clients.compute.virtual_machines.instance_view,
+                          f"reading the state of VM {name}", self.group, name)
+        return next((s.code for s in view.statuses or [] if s.code.startswith("PowerState/")), "")
 
     def _listed(self, listing: Callable, what: str) -> list:
         """Everything a listing of the resource group returns; nothing while the group does not

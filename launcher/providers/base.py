@@ -73,6 +73,12 @@ class NodeProvider(abc.ABC):
     def terminate(self, node_ids: Sequence[str]) -> None:
         """Remove the nodes and everything running on them. Unknown ids are ignored."""
 
+    def preempted(self, node_ids: Sequence[str]) -> dict[str, str]:
+        """Of these nodes (gone from `nodes`, or dead to the runtime), those the cloud took
+        away (a spot reclaim, an eviction), each with the cloud's reason. Default: none; a
+        provider without spot capacity has nothing to report."""
+        return {}
+
     @abc.abstractmethod
     def set_tags(self, node_id: str, tags: Mapping[str, str]) -> None:
         """Merge `tags` into the node's tags."""

@@ -226,6 +226,24 @@ class GCPNodeProvider(NodeProvider):
                           **{encode_label(k): encode_label(v) for k, v in tags.items()}}
         return body
 
+    def preempted(self, node_ids: Sequence[str]) -> dict[str, str]:
+        """Spot (or preemptible) instances Compute Engine took away: stopped (a preempted VM is
+        TERMINATED, as a stopped one is), or gone (instanceTerminationAction DELETE, our
+        default; a spot VM deleted by hand reads the same)."""
+        listed = {i.name: i for i in self._list({}, LIVE | STOPPED)} if node_ids else {}
+        with self._lock:
+            seen = {name: listed.get(name) or self._instances.get(name) for name in node_ids}
+        taken = {}
+        for name, instance in seen.items():
+            if instance is None or not (instance.scheduling.provisioning_model == "SPOT"
+                                        or instance.scheduling.preemptible):
+                continue
+            if name not in listed:
+                taken[name] = "preempted by Compute Engine (spot VM deleted on preemption)"
+            elif listed[name].status in STOPPED:
+                taken[name] = "preempted by Compute Engine (spot VM stopped)"
+        return taken
+
     def terminate(self, node_ids: Sequence[str]) -> None:
         """Delete instances (unknown ids are ignored): every delete is sent, then every operation
         awaited. With cache_stopped_nodes, on-demand workers are stopped instead while the
