@@ -18,6 +18,7 @@ class Launch:
     count: int
     reason: str
     requested_at: float
+    on_demand: bool = False  # a spot type falling back to on-demand capacity (reactions)
 
 
 @dataclass(frozen=True)

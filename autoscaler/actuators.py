@@ -102,7 +102,9 @@ class Actuators:
         tags = {T.TAG_NODE_KIND: T.KIND_WORKER, T.TAG_NODE_TYPE: launch.node_type,
                 T.TAG_LAUNCH_HASH: launch_hash(spec.node_config, self.config.auth),
                 T.TAG_LAUNCH_REQUEST: launch.request_id, **L.tags_of(requested)}
-        return self.provider.create(launch.node_type, spec.node_config, tags, launch.count)
+        node_config = (launch.on_demand and self.provider.on_demand(spec.node_config)) or \
+            spec.node_config
+        return self.provider.create(launch.node_type, node_config, tags, launch.count)
 
     def _install(self, install: Install) -> str:
         """Run the node's updater, its output and stages going to the node's own log file;

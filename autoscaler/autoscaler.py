@@ -102,6 +102,11 @@ class Autoscaler:
         self.known: dict[str, L.NodeLifecycle] = {}
         self.gone: deque = deque(maxlen=MAX_EVENTS)  # nodes terminated, launches refused
         self.backoffs: reactions.Backoffs = {}
+        self.spot_failures: reactions.SpotFailures = {}
+        self.fallback_after = {name: t.fallback_to_on_demand_after
+                               for name, t in config.worker_types().items()
+                               if t.fallback_to_on_demand_after is not None}
+        self._types: dict[str, str] = {}
         self._id_prefix = uuid.uuid4().hex[:6]
         self._lock = threading.Lock()
         self._restore()
@@ -120,13 +125,23 @@ class Autoscaler:
             planner_config(self.config), instances_from(listing, self.known), runtime,
             demand_from(state), dead, self._preempted(listing, dead), dict(self.known),
             done.results, done.busy_nodes, done.launches, self.backoffs, self._id_prefix,
-            self.policy, self.wanted)
+            self.policy, self.wanted, self._node_types(listing), self.spot_failures,
+            self.fallback_after)
         decision = reconcile(observations, now)
         self._record(decision, listing)
         for action in decision.actions:
             self.actuators.start(action)
         self._publish(decision, listing, runtime, state, now)
         return decision
+
+    def _node_types(self, listing: Mapping) -> dict[str, str]:
+        """Node id -> type of the nodes listed now and at the last tick (a node that vanished
+        since is still told by its type)."""
+        self._types = {node_id: self._types[node_id] for node_id in self.known
+                       if node_id in self._types}
+        self._types.update({node_id: tags.get(T.TAG_NODE_TYPE, "")
+                            for node_id, tags in listing.items()})
+        return dict(self._types)
 
     def _preempted(self, listing: Mapping, dead: frozenset) -> dict[str, str]:
         """Which nodes that vanished unasked, or died, the cloud took away (and why)."""
@@ -161,6 +176,7 @@ class Autoscaler:
                 self.events.append({"time": self.clock(), "message": message})
         self.known = dict(decision.nodes)
         self.backoffs = decision.backoffs
+        self.spot_failures = decision.spot_failures
 
     def _restore(self) -> None:
         """Histories, back-offs and events a predecessor published, if the GCS has them."""

@@ -13,6 +13,10 @@ whole type is short in every zone configured.
   transient  retry soon, with jitter, so many heads do not retry in step
   other      an error of no known class: back off like capacity
 
+A spot type can fall back to on-demand capacity: its spot failures (preemptions, and capacity
+errors of its spot launches) are counted over SPOT_WINDOW_S; at the type's
+`fallback_to_on_demand_after` its launches ask for on-demand instances until the count falls back.
+
 Pure: the clock is passed in and the jitter is derived from what failed, not drawn at random.
 """
 
@@ -109,3 +113,20 @@ def expired(backoffs: Backoffs, now: float) -> dict:
 def _jitter(seed: str) -> float:
     """A number in [0, 1) that differs between heads and attempts, the same for the same input."""
     return int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16) / 2 ** 32
+
+
+SPOT_WINDOW_S = 1800.0
+SpotFailures = Mapping[str, tuple]  # node type -> times its spot capacity failed, oldest first
+
+
+def spot_failed(failures: SpotFailures, node_type: str, now: float) -> dict:
+    """`failures` with one more of `node_type` at `now`; older than the window forgotten."""
+    recent = tuple(t for t in failures.get(node_type, ()) if t > now - SPOT_WINDOW_S)
+    return {**failures, node_type: recent + (now,)}
+
+
+def on_demand(failures: SpotFailures, node_type: str, after, now: float) -> bool:
+    """Whether launches of the type ask for on-demand capacity now: it has a fallback (`after`
+    spot failures) and that many happened within the window."""
+    recent = [t for t in failures.get(node_type, ()) if t > now - SPOT_WINDOW_S]
+    return after is not None and len(recent) >= after

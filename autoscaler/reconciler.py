@@ -105,6 +105,9 @@ class Observations:
     # whose launch or runtime hash differs is replaced, one whose files, setup or start commands
     # differ is set up again in place. Empty: nothing is compared.
     wanted: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    node_types: Mapping[str, str] = field(default_factory=dict)  # of nodes seen, gone ones too
+    spot_failures: reactions.SpotFailures = field(default_factory=dict)
+    fallback_after: Mapping[str, int] = field(default_factory=dict)  # spot type -> failures
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Decision:
     events: tuple[str, ...]
     plan: planner.Plan
     nodes: Mapping[str, L.NodeLifecycle]  # every listed instance after the moves
+    spot_failures: reactions.SpotFailures = field(default_factory=dict)
 
 
 def reconcile(observations: Observations, now: float) -> Decision:
@@ -128,7 +132,8 @@ def reconcile(observations: Observations, now: float) -> Decision:
     step.replace_outdated()
     plan = step.plan()
     return Decision(tuple(step.moves), tuple(step.actions), step.backoffs, tuple(step.events),
-                    plan, {i: step.nodes[i] for i in observations.instances})
+                    plan, {i: step.nodes[i] for i in observations.instances},
+                    step.spot_failures)
 
 
 class _Step:
@@ -141,6 +146,7 @@ class _Step:
         self.actions: list[Action] = []
         self.events: list[str] = []
         self.backoffs = reactions.expired(obs.backoffs, now)
+        self.spot_failures = dict(obs.spot_failures)
         self.terminating: list[str] = []
 
     # -- moves and actions ------------------------------------------------------------------
@@ -163,7 +169,11 @@ class _Step:
 
     def _type(self, node_id: str) -> str:
         instance = self.obs.instances.get(node_id)
-        return instance.node_type if instance else "?"
+        return instance.node_type if instance else self.obs.node_types.get(node_id, "?")
+
+    def _spot_failed(self, node_type: str) -> None:
+        if node_type in self.obs.fallback_after:
+            self.spot_failures = reactions.spot_failed(self.spot_failures, node_type, self.now)
 
     def _state(self, node_id: str) -> Optional[str]:
         node = self.nodes.get(node_id)
@@ -194,6 +204,8 @@ class _Step:
             return
         self.backoffs = reactions.react(self.backoffs, launch.node_type, result.error_kind,
                                         result.error, self.now)
+        if result.error_kind == reactions.CAPACITY and not launch.on_demand:
+            self._spot_failed(launch.node_type)
         backoff = self.backoffs[reactions.ALL_TYPES if result.error_kind == reactions.AUTH
                                 else launch.node_type]
         request = L.NodeLifecycle(launch.request_id, L.REQUESTED, launch.requested_at,
@@ -219,8 +231,9 @@ class _Step:
     def _preemption(self, node_id: str) -> str:
         """The cloud's reason the node was taken away, told once as an event."""
         why = self.obs.preempted[node_id]
-        self.events.append(f"{node_id} was {why}; its work is retried elsewhere and the "
-                           "demand it leaves launches a replacement")
+        self.events.append(f"{node_id} ({self._type(node_id)}) was {why}; its work is retried "
+                           "elsewhere and the demand it leaves launches a replacement")
+        self._spot_failed(self._type(node_id))
         return why
 
     def forget_vanished(self) -> None:
@@ -349,8 +362,13 @@ class _Step:
             self.actions.append(Terminate(tuple(sorted(set(self.terminating)))))
         for number, (node_type, count) in enumerate(sorted(plan.launch.items())):
             reason = _describe(self.obs.demand) or "min_workers"
+            fallback = reactions.on_demand(self.spot_failures, node_type,
+                                           self.obs.fallback_after.get(node_type), self.now)
+            if fallback:
+                reason += (f"; on demand: {len(self.spot_failures[node_type])} spot failures "
+                           f"in {reactions.SPOT_WINDOW_S / 60:.0f} min")
             self.actions.append(Launch(f"{self.obs.id_prefix}-{self.now:.3f}-{number}", node_type,
-                                       count, reason, self.now))
+                                       count, reason, self.now, fallback))
         return plan
 
     def _planner_nodes(self) -> list[planner.NodeState]:

@@ -204,6 +204,9 @@ def test_an_evicted_spot_vm_is_reported_preempted_and_an_on_demand_one_is_not(ar
     arm.evict(spot, deallocate=deallocate)
     how = "deallocated" if deallocate else "deleted on eviction"
     assert provider.preempted([head, spot]) == {spot: f"evicted by Azure (spot VM {how})"}
+    regular = provider.on_demand(config.node_types["gpu"].node_config)["azure_arm_parameters"]
+    assert "priority" not in regular and "evictionPolicy" not in regular
+    assert provider.on_demand(config.node_types["head"].node_config) is None
 
 
 @pytest.mark.parametrize("code,error", [

@@ -195,6 +195,12 @@ def test_a_preempted_spot_vm_is_reported_and_an_on_demand_one_is_not(fake, how):
         fake.instances[spot]["status"] = "TERMINATED"
     assert provider.preempted([standard, spot]) == {
         spot: f"preempted by Compute Engine (spot VM {how}{' on preemption' * (how == 'deleted')})"}
+    spot_config = {**config.node_types["gpu"].node_config,
+                   "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE",
+                                  "onHostMaintenance": "TERMINATE"}}
+    assert provider.on_demand(spot_config)["scheduling"] == {
+        "provisioningModel": "STANDARD", "onHostMaintenance": "TERMINATE", "automaticRestart": True}
+    assert provider.on_demand(config.node_types["gpu"].node_config) is None
 
 
 def test_cache_stopped_nodes_stops_on_demand_and_restarts_them(fake):

@@ -47,6 +47,7 @@ class NodeTypeConfig:
     min_workers: int
     max_workers: int
     worker_setup_commands: tuple[str, ...]
+    fallback_to_on_demand_after: Optional[int] = None  # spot failures before on-demand launches
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ def _node_type(name, spec, is_head, merged, provider_type, source) -> NodeTypeCo
         min_workers=int(spec.get("min_workers", 0)),
         max_workers=int(spec.get("max_workers", 0 if is_head else merged["max_workers"])),
         worker_setup_commands=tuple(setup_commands),
+        fallback_to_on_demand_after=spec.get("fallback_to_on_demand_after"),
     )
 
 
@@ -314,7 +316,8 @@ def _to_raw(config: ClusterConfig) -> dict:
     for f in fields(config):
         if f.name == "node_types":
             raw["available_node_types"] = {
-                name: {key: value for key, value in vars(t).items() if key != "name"}
+                name: {key: value for key, value in vars(t).items()  # an unset fallback: out
+                       if key != "name" and value is not None}
                 for name, t in config.node_types.items()
             }
         elif f.init and f.name not in ("source_path", "notes"):

@@ -83,6 +83,11 @@ def test_an_interrupted_spot_instance_is_reported_preempted_and_a_terminated_one
     assert provider.nodes({}) == []
     assert provider.preempted([taken, ended]) == {
         taken: "Server.SpotInstanceTermination: Spot instance termination"}
+    fallback = provider.on_demand(gpu)  # after enough of that: on-demand instances of the type
+    assert "InstanceMarketOptions" not in fallback and provider.on_demand(fallback) is None
+    [steady] = provider.create("gpu", fallback, worker_tags(config), 1)
+    assert provider.ec2.describe_instances(InstanceIds=[steady])["Reservations"][0]["Instances"][0] \
+        .get("InstanceLifecycle") != "spot"
 
 
 def test_bootstrap_creates_key_group_profile_and_detects_resources(ec2):

@@ -30,7 +30,9 @@ CONFIG = config_from_dict({
     "cluster_name": "rec", "max_workers": 4, "idle_timeout_minutes": 1,
     "provider": {"type": "local"}, "head_node_type": "head",
     "available_node_types": {"head": {"resources": {"CPU": 1}},
-                             "cpu-2": {"resources": {"CPU": 2}, "max_workers": 4}},
+                             "cpu-2": {"resources": {"CPU": 2}, "max_workers": 4,
+                                       "node_config": {"market": "spot"},
+                                       "fallback_to_on_demand_after": 1}},
 })
 
 
@@ -67,6 +69,7 @@ class MemoryProvider(NodeProvider):
         self.fail_creates = False
         self.hold_setups = False  # a node's SSH does not answer while set: setups hang
         self.taken: dict[str, str] = {}  # node id -> why the cloud took it away
+        self.markets: list = []  # node_config["market"] of each create
         self.create_calls = 0
         self.commands: list[str] = []
         self._ids = itertools.count()
@@ -77,8 +80,13 @@ class MemoryProvider(NodeProvider):
     def node_tags(self, node_id):
         return dict(self.tags[node_id])
 
+    def on_demand(self, node_config):
+        return {**node_config, "market": "on-demand"} if node_config.get("market") == "spot" \
+            else None
+
     def create(self, node_type, node_config, tags, count):
         self.create_calls += 1
+        self.markets.append(node_config.get("market"))
         if self.fail_creates:
             raise CapacityError(f"no capacity for {node_type}")
         ids = [f"n{next(self._ids)}" for _ in range(count)]
@@ -284,6 +292,8 @@ def test_a_preempted_worker_is_recorded_with_the_clouds_reason_and_replaced(gcs_
     gcs_stub.UnregisterNode(pb.NodeIdRequest(node_id="w1"))
     _queue_demand(gcs_stub, 1)
     _settle(autoscaler, lambda: provider.create_calls == 1)
-    assert "w1 was Server.SpotInstanceTermination; its work is retried" in _messages(autoscaler)
+    assert "w1 (cpu-2) was Server.SpotInstanceTermination; its work is retried" in \
+        _messages(autoscaler)
     [gone] = [n for n in autoscaler.gone if n.node_id == "w1"]
     assert [s.state for s in gone.history[-2:]] == [L.PREEMPTED, L.TERMINATED]
+    assert provider.markets == ["on-demand"]  # cpu-2 falls back after one spot failure

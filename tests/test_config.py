@@ -292,6 +292,18 @@ def test_bootstrap_yaml_round_trips(tmp_path):
     assert reloaded.raw == config.raw
 
 
+def test_a_spot_fallback_loads_travels_to_the_head_and_is_checked(tmp_path):
+    types = {"head": {}, "spot": {"fallback_to_on_demand_after": 3}}
+    config = config_from_dict(with_(available_node_types=types, head_node_type="head"))
+    assert config.node_types["spot"].fallback_to_on_demand_after == 3
+    assert config.node_types["head"].fallback_to_on_demand_after is None
+    reloaded = load_config(str(write(tmp_path, bootstrap_yaml(config))))
+    assert reloaded.node_types == config.node_types
+    types["spot"]["fallback_to_on_demand_after"] = 0
+    with pytest.raises(ConfigError, match="available_node_types.spot.fallback_to_on_demand_after"):
+        config_from_dict(with_(available_node_types=types, head_node_type="head"))
+
+
 def test_bootstrap_yaml_points_at_the_heads_copies(tmp_path):
     (tmp_path / "data").mkdir()
     remote = str(tmp_path / "on-head")

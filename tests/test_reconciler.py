@@ -307,3 +307,31 @@ def test_a_node_terminated_on_purpose_is_not_called_preempted():
     known = {"w1": L.NodeLifecycle("w1", L.TERMINATING, 1.0)}
     decision = reconcile(observe(known=known, preempted={"w1": "whatever"}), NOW)
     assert [m.node.state for m in decision.moves] == [L.TERMINATED]
+
+
+def test_a_spot_type_falls_back_to_on_demand_after_its_spot_failures_and_back_later():
+    gone = {f"w{i}": L.NodeLifecycle(f"w{i}", L.RUNNING, 1.0) for i in range(2)}
+    types = {"w0": "cpu", "w1": "cpu"}
+    first = reconcile(observe(known=gone, node_types=types, fallback_after={"cpu": 3},
+                              preempted={i: "taken" for i in gone}, demand=2), NOW)
+    assert [a.on_demand for a in actions(first, Launch)] == [False]  # two failures of three
+    refused = Result(Launch("r9", "cpu", 1, "demand", NOW - 1), error_kind=reactions.CAPACITY,
+                     error="no spot capacity")
+    second = reconcile(observe(results=(refused,), spot_failures=first.spot_failures,
+                               fallback_after={"cpu": 3}, demand=2), NOW + 1)
+    assert len(second.spot_failures["cpu"]) == 3
+    assert [a.node_type for a in actions(second, Launch)] == ["big"]  # cpu is backed off a while
+    later = NOW + reactions.CAPACITY_BASE_S + 2
+    [launch] = actions(reconcile(observe(spot_failures=second.spot_failures, demand=1,
+                                         fallback_after={"cpu": 3}), later), Launch)
+    assert launch.on_demand and "on demand: 3 spot failures in 30 min" in launch.reason
+    much_later = NOW + reactions.SPOT_WINDOW_S + 10
+    [launch] = actions(reconcile(observe(spot_failures=second.spot_failures, demand=1,
+                                         fallback_after={"cpu": 3}), much_later), Launch)
+    assert not launch.on_demand  # the failures are old: spot again
+
+
+def test_without_a_fallback_spot_failures_are_not_even_counted():
+    decision = reconcile(observe(known={"w0": L.NodeLifecycle("w0", L.RUNNING, 1.0)},
+                                 node_types={"w0": "cpu"}, preempted={"w0": "taken"}), NOW)
+    assert decision.spot_failures == {}

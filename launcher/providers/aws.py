@@ -96,6 +96,11 @@ class AWSNodeProvider(NodeProvider):
         return {i["InstanceId"]: i["StateReason"].get("Message") or i["StateReason"]["Code"]
                 for i in found if i.get("StateReason", {}).get("Code") in SPOT_INTERRUPTIONS}
 
+    def on_demand(self, node_config: Mapping) -> Optional[Mapping]:
+        if not _is_spot(node_config):
+            return None
+        return {k: v for k, v in node_config.items() if k != "InstanceMarketOptions"}
+
     def _instance(self, node_id: str) -> dict:
         with self._lock:
             instance = self._instances.get(node_id)

@@ -93,6 +93,14 @@ class AzureNodeProvider(NodeProvider):
                 evicted[name] = "evicted by Azure (spot VM deallocated)"
         return evicted
 
+    def on_demand(self, node_config: Mapping) -> Optional[Mapping]:
+        params = node_config["azure_arm_parameters"]
+        if params.get("priority") != "Spot":
+            return None
+        regular = {k: v for k, v in params.items()
+                   if k not in ("priority", "evictionPolicy", "billingProfile")}
+        return {**node_config, "azure_arm_parameters": regular}
+
     def _power_state(self, name: str) -> str:
         view = azure_call(self.clients.compute.virtual_machines.instance_view,
                           f"reading the state of VM {name}", self.group, name)

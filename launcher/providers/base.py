@@ -79,6 +79,11 @@ class NodeProvider(abc.ABC):
         provider without spot capacity has nothing to report."""
         return {}
 
+    def on_demand(self, node_config: Mapping) -> Optional[Mapping]:
+        """The node_config asking for on-demand capacity instead of spot (a spot type falling
+        back after its spot failures), or None when it asks for no spot capacity."""
+        return None
+
     @abc.abstractmethod
     def set_tags(self, node_id: str, tags: Mapping[str, str]) -> None:
         """Merge `tags` into the node's tags."""

@@ -244,6 +244,15 @@ class GCPNodeProvider(NodeProvider):
                 taken[name] = "preempted by Compute Engine (spot VM stopped)"
         return taken
 
+    def on_demand(self, node_config: Mapping) -> Optional[Mapping]:
+        scheduling = node_config.get("scheduling", {})
+        if not (_is_spot(node_config) or scheduling.get("preemptible")):
+            return None
+        standard = {k: v for k, v in scheduling.items()
+                    if k not in ("provisioningModel", "preemptible", "instanceTerminationAction")}
+        return {**node_config, "scheduling": {**standard, "provisioningModel": "STANDARD",
+                                              "automaticRestart": True}}
+
     def terminate(self, node_ids: Sequence[str]) -> None:
         """Delete instances (unknown ids are ignored): every delete is sent, then every operation
         awaited. With cache_stopped_nodes, on-demand workers are stopped instead while the
