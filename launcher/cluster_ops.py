@@ -13,7 +13,7 @@ import tempfile
 import time
 from typing import Callable, Optional
 
-from launcher import tags as T
+from launcher import docker_runner, tags as T
 from launcher.config import (BOOTSTRAP_CONFIG_PATH, BOOTSTRAP_KEY_PATH, ClusterConfig, bootstrap_yaml,
                              config_from_dict, load_config)
 from launcher.errors import ClusterNotFound, CommandFailed, LauncherError
@@ -164,14 +164,15 @@ def down(config_path: str, echo: Echo, *, workers_only=False, cluster_name=None)
 
 
 def node_runner(config_path: str, node_ip: Optional[str] = None, cluster_name=None) -> tuple:
-    """(provider, node id, runner) of the head, or of the node with that IP."""
+    """(provider, node id, runner) of the head, or of the node with that IP; the runner works in
+    the node's container when it has one (docker_runner), as Ray's exec, submit and attach do."""
     config, provider = open_cluster(config_path, cluster_name)
     head = head_node(provider, config)
     if node_ip is None:
-        return provider, head, provider.command_runner(head)
+        return provider, head, docker_runner.for_node(provider, head, config)
     for node_id in provider.nodes({}):
         if node_ip in (provider.internal_ip(node_id), provider.external_ip(node_id)):
-            return provider, node_id, provider.command_runner(node_id)
+            return provider, node_id, docker_runner.for_node(provider, node_id, config)
     known = ", ".join(provider.internal_ip(n) for n in provider.nodes({}))
     raise ClusterNotFound(f"cluster '{config.cluster_name}' has no node with IP {node_ip} (nodes: {known})")
 
@@ -213,8 +214,8 @@ def rsync_up(config_path: str, source: str, target: str, echo: Echo, *, all_node
         nodes += provider.nodes({T.TAG_NODE_KIND: T.KIND_WORKER})
     for node_id in nodes:
         echo(f"{source} -> {node_id}:{target}")
-        provider.command_runner(node_id).put(source, target, excludes=config.rsync_exclude,
-                                             filters=config.rsync_filter)
+        runner = docker_runner.for_node(provider, node_id, config)
+        runner.put(source, target, excludes=config.rsync_exclude, filters=config.rsync_filter)
     return nodes
 
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from launcher import cloud_profiles, ray_config
+from launcher import cloud_profiles, docker_runner, ray_config
 from launcher.config_check import check_keys, did_you_mean, fail, validate
 
 _PACKAGE_DIR = Path(__file__).parent
@@ -47,6 +47,7 @@ class NodeTypeConfig:
     min_workers: int
     max_workers: int
     worker_setup_commands: tuple[str, ...]
+    docker: Mapping  # this type's own docker keys, over the top-level ones
     fallback_to_on_demand_after: Optional[int] = None  # spot failures before on-demand launches
 
 
@@ -66,6 +67,7 @@ class ClusterConfig:
     autoscaler_update_interval_s: float
     provider: Mapping
     auth: Mapping
+    docker: Mapping  # Ray's docker keys with Ray's defaults; {} when no node runs in a container
     node_types: Mapping[str, NodeTypeConfig]
     head_node_type: str
     file_mounts: Mapping[str, str]
@@ -183,6 +185,7 @@ def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
         autoscaler_update_interval_s=float(merged["autoscaler_update_interval_s"]),
         provider=merged["provider"],
         auth=merged["auth"],
+        docker=_docker(merged, source),
         node_types=node_types,
         head_node_type=merged["head_node_type"],
         file_mounts=_resolve_mounts(merged["file_mounts"], base_dir, source),
@@ -249,6 +252,7 @@ def _node_type(name, spec, is_head, merged, provider_type, source) -> NodeTypeCo
         min_workers=int(spec.get("min_workers", 0)),
         max_workers=int(spec.get("max_workers", 0 if is_head else merged["max_workers"])),
         worker_setup_commands=tuple(setup_commands),
+        docker=dict(spec.get("docker", {})),
         fallback_to_on_demand_after=spec.get("fallback_to_on_demand_after"),
     )
 
@@ -263,6 +267,25 @@ def _fill_from_cloud_profiles(provider: dict, source: str) -> None:
              "gcloud has no default project (`gcloud config set project ID`)")):
         if provider["type"] == cloud and not provider.get(key):
             provider[key] = found() or fail(source, ["provider", key], f"missing, and {hint}")
+
+
+def _docker(merged: dict, source: str) -> dict:
+    """The docker section when some node type has an image (ray_config dropped it otherwise).
+    Refused where nodes are not machines of their own: `local` nodes share this machine's runtime,
+    and the ssh provider keeps the cluster's state in the hosts' home, which the head's autoscaler
+    would not see from inside its container."""
+    sections = [(["docker"], merged.get("docker", {}))] + [
+        (["available_node_types", name, "docker"], spec.get("docker", {}))
+        for name, spec in merged["available_node_types"].items()]
+    images = [path + [key] for path, section in sections
+              for key in ("image", "head_image", "worker_image") if section.get(key)]
+    if not images:
+        return {}
+    kind = merged["provider"]["type"]
+    if kind in ("local", "ssh"):
+        fail(source, images[0], f"not supported with provider type {kind!r}: nodes run in "
+             "containers on aws, gcp and azure (see docs/config-reference.md#docker)")
+    return {**docker_runner.DEFAULTS, **merged.get("docker", {})}
 
 
 def _check_ssh_auth(provider_type: str, auth: Mapping, source: str) -> None:
@@ -315,13 +338,15 @@ def _to_raw(config: ClusterConfig) -> dict:
     raw = {}
     for f in fields(config):
         if f.name == "node_types":
-            raw["available_node_types"] = {
-                name: {key: value for key, value in vars(t).items()  # an unset fallback: out
-                       if key != "name" and value is not None}
+            raw["available_node_types"] = {  # an empty docker section is left out, as below,
+                name: {key: value for key, value in vars(t).items()  # and an unset fallback
+                       if key != "name" and (key != "docker" or value) and value is not None}
                 for name, t in config.node_types.items()
             }
         elif f.init and f.name not in ("source_path", "notes"):
             raw[f.name] = getattr(config, f.name)
+    if not config.docker:
+        del raw["docker"]  # no node runs in a container: left out, as when read
     return _plain(raw)
 
 

@@ -34,10 +34,11 @@ _PROVIDER_INERT = {
               "subnet_id": ()},
 }
 _PROVIDER_RENAMED = {"aws": {"key_pair": "key_pair_name"}, "azure": {"subnet_mask": "vnet_cidr"}}
-# docker: keys whose presence alone asks for nothing (no image: Ray then runs on the host too).
-_DOCKER_INERT_KEYS = {"image", "head_image", "worker_image", "container_name", "pull_before_run",
-                      "run_options", "head_run_options", "worker_run_options",
-                      "disable_automatic_runtime_detection", "disable_shm_size_detection"}
+# Ray's docker keys; without an image anywhere they ask for nothing (Ray then runs on the hosts).
+_DOCKER_KEYS = {"image", "head_image", "worker_image", "container_name", "pull_before_run",
+                "run_options", "head_run_options", "worker_run_options",
+                "disable_automatic_runtime_detection", "disable_shm_size_detection", "use_podman"}
+_DOCKER_IMAGES = ("image", "head_image", "worker_image")
 
 Fail = Callable[[list, str], NoReturn]
 
@@ -55,10 +56,9 @@ def translate(data: dict, fail: Fail) -> Translated:
     notes: list[str] = []
     _rename(data, RENAMED, [], fail)
     _drop_inert(data, _INERT, [], fail)
-    _drop_docker(data, [], fail, notes)
+    _drop_docker(data, fail, notes)
     for name, spec in (data.get("available_node_types") or {}).items():
         if isinstance(spec, dict):
-            _drop_docker(spec, ["available_node_types", name], fail, notes)
             if spec.get("resources") == {}:  # Ray: detect the node's resources, as when omitted
                 del spec["resources"]
     _local_hosts_are_ssh(data, notes)
@@ -102,23 +102,26 @@ def _provider_keys(data: dict, fail: Fail) -> None:
                 fail)
 
 
-def _drop_docker(section: dict, path: list, fail: Fail, notes: list) -> None:
-    """`docker:` without an image asks for nothing; with one, nodes would run in containers,
-    which this version does not do."""
-    docker = section.pop("docker", None)
-    if docker is None:
+def _drop_docker(data: dict, fail: Fail, notes: list) -> None:
+    """With an image anywhere, the docker sections (top level, per node type) stay, for the
+    schema to check and the nodes to run in containers (launcher/docker_runner.py); without one
+    they ask for nothing and go, as in Ray."""
+    sections = [([], data)] + [(["available_node_types", name], spec) for name, spec in
+                               (data.get("available_node_types") or {}).items()
+                               if isinstance(spec, dict)]
+    for path, section in sections:
+        docker = section.get("docker")
+        if docker is not None and not isinstance(docker, dict):
+            fail(path + ["docker"], f"expected a mapping, got {docker!r}")
+        unknown = set(docker or {}) - _DOCKER_KEYS
+        if unknown:
+            fail(path + ["docker", sorted(unknown)[0]], f"unknown key of docker; see {DOCS}")
+    if any((section.get("docker") or {}).get(key) for _, section in sections
+           for key in _DOCKER_IMAGES):
         return
-    if not isinstance(docker, dict):
-        fail(path + ["docker"], f"expected a mapping, got {docker!r}")
-    unknown = set(docker) - _DOCKER_INERT_KEYS
-    if unknown:
-        fail(path + ["docker", sorted(unknown)[0]], f"unknown key of docker; see {DOCS}")
-    for key in ("image", "head_image", "worker_image"):
-        if docker.get(key):
-            fail(path + ["docker", key], f"running nodes in containers is not supported; remove "
-                 f"the image to run on the hosts themselves (see {DOCS})")
-    if docker and not notes:
-        notes.append("docker: no image given, so nodes run without containers, as in Ray")
+    for _, section in sections:
+        if section.pop("docker", None) and not notes:
+            notes.append("docker: no image given, so nodes run without containers, as in Ray")
 
 
 def _local_hosts_are_ssh(data: dict, notes: list) -> None:

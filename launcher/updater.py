@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-from launcher import tags as T
+from launcher import docker_runner, tags as T
 from launcher.errors import LauncherError
 from launcher.providers.base import NodeProvider
 
@@ -91,9 +91,11 @@ class NodeUpdater:
 
     def wanted_hashes(self) -> dict[str, str]:
         """The tag each stage writes when done, and the value it must have for the stage to skip."""
+        docker = docker_runner.settings(self.config, self.kind, self.node_type)
+        setup = setup_commands(self.config, self.kind, self.node_type)
         hashes = {
             T.TAG_FILES_HASH: files_digest({**self.config.file_mounts, **self.files}),
-            T.TAG_SETUP_HASH: _digest(setup_commands(self.config, self.kind, self.node_type)),
+            T.TAG_SETUP_HASH: _digest(setup + [repr(docker)] if docker else setup),
             T.TAG_START_HASH: _digest(start_commands(self.config, self.kind)),
         }
         if self.installer is not None:
@@ -116,10 +118,13 @@ class NodeUpdater:
             raise UpdateFailed(f"node {self.node_id}: {exc}") from None
 
     def _run_stages(self) -> list[str]:
-        runner = self.provider.command_runner(self.node_id)
+        host = self.provider.command_runner(self.node_id)
+        runner = docker_runner.wrap(host, self.config, self.kind, self.node_type,
+                                    {**self.config.file_mounts, **self.files})
         done = self.provider.node_tags(self.node_id)
         wanted = self.wanted_hashes()
-        due = lambda tag: self.run_setup and done.get(tag) != wanted[tag]  # noqa: E731
+        fresh = False  # a new container: everything after the files is due, even on --restart-only
+        due = lambda tag: (self.run_setup or fresh) and done.get(tag) != wanted[tag]  # noqa: E731
         ran = []
         self._stage(T.STAGE_WAITING_FOR_SSH)
         runner.wait_ready(ssh_timeout_s(self.config.provider))
@@ -129,9 +134,21 @@ class NodeUpdater:
                 runner.put(local, remote, excludes=self.config.rsync_exclude,
                            filters=self.config.rsync_filter)
             ran.append(self._mark(T.TAG_FILES_HASH, wanted, "files"))
+        commands = setup_commands(self.config, self.kind, self.node_type)
+        if runner is not host:  # as Ray: initialization commands on the host, then the container
+            initialization = len(self.config.initialization_commands)
+            if due(T.TAG_SETUP_HASH):
+                self._stage(T.STAGE_SETTING_UP, "running initialization commands on the host")
+                self._run_commands(host, commands[:initialization])
+            commands = commands[initialization:]
+            self._stage(T.STAGE_SETTING_UP)
+            if runner.start_container():
+                self.on_stage(f"started container {runner.docker.container_name}")
+                ran.append("container")
+                fresh, done = True, {}
         if due(T.TAG_SETUP_HASH):
             self._stage(T.STAGE_SETTING_UP, "running setup commands")
-            self._run_commands(runner, setup_commands(self.config, self.kind, self.node_type))
+            self._run_commands(runner, commands)
             ran.append(self._mark(T.TAG_SETUP_HASH, wanted, "setup"))
         if self.installer is not None and due(T.TAG_RUNTIME_HASH):
             self._stage(T.STAGE_INSTALLING_RUNTIME, "installing the runtime")

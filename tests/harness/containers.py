@@ -1,11 +1,17 @@
 """Container nodes: local stand-ins for cloud VMs, each with its own filesystem, processes and sshd.
 
-A node is a mount+PID+UTS namespace (unshare) whose root is an overlay of a cached Debian bookworm
-rootfs, serving SSH on its own address 127.0.0.N:22 to user "ubuntu" (passwordless sudo). Its mounts
-live only in its private mount namespace, so the kernel drops them with the node's last process:
-nothing is mounted on the host. Its PID 1 is a tiny reaping init (Debian's python3) that starts
-sshd, so sshd can die while the node stays up; killing PID 1 powers the node off. Nodes share the
-host's network stack: a service on a node should bind the node's own address, not 0.0.0.0.
+A node is a mount+PID+UTS namespace (unshare) whose root (pivot_root, not chroot: a process
+entering its mount namespace, as `podman exec` does, must land in the node, not on the host) is an
+overlay of a cached Debian bookworm rootfs, serving SSH on its own address 127.0.0.N:22 to user
+"ubuntu" (passwordless sudo). Its mounts live only in its private mount namespace, so the kernel
+drops them with the node's last process: nothing is mounted on the host. Like a VM with a container
+engine, a node has podman (with runc; crun cannot set rlimits here), the host's /sys (read-only but
+for the cgroup hierarchies runc needs) and /var/lib/containers on the host's disk (overlay storage
+cannot stack on the node's overlay root); powering off removes the cgroups its containers left.
+Its PID 1 is a tiny reaping init (Debian's python3) that starts sshd, so sshd can die while the
+node stays up; killing PID 1 powers the node off. Nodes share the host's network stack: a service
+on a node should bind the node's own address, not 0.0.0.0 (and a container on a node must use
+`--network host`: podman's bridge networking would leave iptables chains on the host).
 
 Use from a test module (the rootfs is built on first use, about a minute, then cached):
 
@@ -46,7 +52,8 @@ NODES_DIR = Path(tempfile.gettempdir()) / "cluster-launcher-nodes"
 # 127.0.0.200-254 and 127.0.1.x+ belong to other harnesses (tests/sshd.py uses 200-230).
 NODE_IPS = [f"127.0.0.{n}" for n in range(2, 200)]
 PATH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-PACKAGES = "openssh-server rsync python3 python3-venv procps sudo"
+# podman and runc: 4 s and 114 MB more; only tests that import an image pay more (about 12 s).
+PACKAGES = "openssh-server rsync python3 python3-venv procps sudo podman runc"
 
 DEBOOTSTRAP = "debootstrap --variant=minbase bookworm \"$1\""
 # Runs in a private mount namespace, so the /proc and /dev mounts vanish even if the build is killed.
@@ -86,6 +93,9 @@ mount --rbind /dev "$M/dev"
 mount -t tmpfs -o mode=755 tmpfs "$M/run"
 mount -t tmpfs -o mode=1777 tmpfs "$M/tmp"
 mount -t tmpfs -o mode=1777 tmpfs "$M/dev/shm"
+mount --rbind /sys "$M/sys" && mount -o remount,bind,ro "$M/sys"
+mkdir -p "$2/containers" "$M/var/lib/containers"
+mount --bind "$2/containers" "$M/var/lib/containers"
 mkdir -p "$M/run/sshd"
 install -m 755 "$2/init.py" "$M/run/node-init"
 install -m 600 "$2/host_key" "$M/etc/ssh/ssh_host_ed25519_key"
@@ -95,7 +105,8 @@ install -m 600 "$2/authorized_keys" "$M/home/ubuntu/.ssh/authorized_keys"
 chroot "$M" chown -R ubuntu:ubuntu /home/ubuntu/.ssh
 hostname "$4" && echo "$4" > "$M/etc/hostname"
 printf '127.0.0.1 localhost\\n%s %s\\n' "$3" "$4" > "$M/etc/hosts"
-exec chroot "$M" /usr/bin/python3 /run/node-init
+cd "$M" && pivot_root . mnt && umount -l /mnt
+exec /usr/bin/python3 /run/node-init
 """
 
 SSHD_OPTIONS = {
@@ -218,6 +229,7 @@ class ContainerNode:
         self._proc.wait(timeout=10)  # unshare exits once its child, the node's PID 1, is gone
         if self.pids():
             raise RuntimeError(f"node {self.ip}: processes survived stop(): {self.pids()}")
+        _remove_container_cgroups(self._dir)
         _remove_tree(self._dir)
         _claimed.discard(self.ip)
         self._stopped = True
@@ -266,7 +278,7 @@ class ContainerCluster:
         _claimed.add(ip)
         deadline = time.monotonic() + timeout_s
         try:
-            init = _wait_booted(proc, ndir / "merged", deadline)
+            init = _wait_booted(proc, deadline)
         except Exception:
             os.killpg(proc.pid, signal.SIGKILL)  # unshare leads the group, the node's PID 1 is in it
             proc.wait()
@@ -323,13 +335,14 @@ def containers(request, ssh_key) -> Iterator[ContainerCluster]:
     assert cluster.leftover_pids() == [], "node processes outlived stop_all()"
 
 
-def _wait_booted(proc: subprocess.Popen, merged: Path, deadline: float) -> int:
-    """Host pid of the node's PID 1 once it runs chrooted in the merged overlay."""
+def _wait_booted(proc: subprocess.Popen, deadline: float) -> int:
+    """Host pid of the node's PID 1 once its root is the node's filesystem (after pivot_root its
+    /proc/PID/root no longer reads as the overlay's host path, but its files are there)."""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("node exited while booting")
         for pid in _all_pids():
-            if _stat(pid)[1] == proc.pid and _readlink(f"/proc/{pid}/root") == str(merged):
+            if _stat(pid)[1] == proc.pid and os.path.exists(f"/proc/{pid}/root/run/node-init"):
                 return pid
         time.sleep(0.005)
     raise TimeoutError("node did not boot")
@@ -381,7 +394,19 @@ def _reclaim(ndir: Path) -> None:
         deadline = time.monotonic() + 10
         while _alive(int(record[2])) and time.monotonic() < deadline:
             time.sleep(0.01)  # PID 1 dies last, after every other process of the node
+    _remove_container_cgroups(ndir)
     _remove_tree(ndir)
+
+
+def _remove_container_cgroups(ndir: Path) -> None:
+    """runc made a cgroup per container of the node in the host's hierarchies (podman's cgroupfs
+    manager: libpod_parent/libpod-<id>); a powered-off node cannot remove them, so this does."""
+    for container in (ndir / "containers/storage/overlay-containers").glob("*/"):
+        for pattern in ("libpod_parent", "*/libpod_parent"):  # cgroup v2, v1 hierarchies
+            groups = Path("/sys/fs/cgroup").glob(f"{pattern}/libpod-{container.name}")
+            for group in groups:
+                with contextlib.suppress(OSError):  # still populated: a process outlived the node
+                    group.rmdir()
 
 
 def _remove_tree(path: Path) -> None:
