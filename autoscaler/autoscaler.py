@@ -44,6 +44,14 @@ def planner_config(config) -> planner.PlannerConfig:
                                  config.upscaling_speed, config.idle_timeout_s)
 
 
+def policy_of(config) -> Policy:
+    """The config's lifecycle timeouts and replacement pace."""
+    return Policy(install_s=config.install_timeout_minutes * 60,
+                  join_s=config.join_timeout_minutes * 60,
+                  drain_s=config.drain_timeout_minutes * 60,
+                  replace_fraction=config.replace_outdated_fraction)
+
+
 def demand_from(cluster_state) -> planner.Demand:
     """The GCS's view of what waits: queued work by shape, placement groups not placed yet, and
     the bundles request_resources() asked room for."""
@@ -91,9 +99,9 @@ def wanted_hashes(config, provider, installer) -> dict[str, dict[str, str]]:
 
 class Autoscaler:
     def __init__(self, config, provider, gcs, head_ip: str, token: str,
-                 clock: Callable[[], float] = time.time, policy: Policy = Policy()):
+                 clock: Callable[[], float] = time.time):
         self.config, self.provider, self.gcs, self.clock = config, provider, gcs, clock
-        self.policy = policy
+        self.policy = policy_of(config)
         installer = (RuntimeInstaller(log.info, provider.runtime_extras)
                      if provider.installs_runtime else None)
         self.wanted = wanted_hashes(config, provider, installer)

@@ -44,7 +44,9 @@ SETUP_HASHES = (T.TAG_FILES_HASH, T.TAG_SETUP_HASH, T.TAG_START_HASH)  # differ:
 @dataclass(frozen=True)
 class Policy:
     """How long a node may stay in a state before it is moved on (`cluster status` shows ages),
-    and how fast outdated workers are replaced."""
+    and how fast outdated workers are replaced. The config sets the first three and the
+    fraction (install_timeout_minutes, join_timeout_minutes, drain_timeout_minutes,
+    replace_outdated_fraction)."""
 
     install_s: float = 900.0  # installing -> install-failed
     join_s: float = 300.0  # running, never seen by the GCS -> terminating

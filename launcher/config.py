@@ -65,6 +65,10 @@ class ClusterConfig:
     upscaling_speed: float
     idle_timeout_minutes: float
     autoscaler_update_interval_s: float
+    install_timeout_minutes: float  # how long a node may take to set up, join, drain (lifecycle)
+    join_timeout_minutes: float
+    drain_timeout_minutes: float
+    replace_outdated_fraction: float  # of max_workers: outdated workers replaced at once
     provider: Mapping
     auth: Mapping
     docker: Mapping  # Ray's docker keys with Ray's defaults; {} when no node runs in a container
@@ -183,6 +187,10 @@ def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
         upscaling_speed=float(merged["upscaling_speed"]),
         idle_timeout_minutes=float(merged["idle_timeout_minutes"]),
         autoscaler_update_interval_s=float(merged["autoscaler_update_interval_s"]),
+        install_timeout_minutes=float(merged["install_timeout_minutes"]),
+        join_timeout_minutes=float(merged["join_timeout_minutes"]),
+        drain_timeout_minutes=float(merged["drain_timeout_minutes"]),
+        replace_outdated_fraction=float(merged["replace_outdated_fraction"]),
         provider=merged["provider"],
         auth=merged["auth"],
         docker=_docker(merged, source),

@@ -15,7 +15,7 @@ import pytest
 
 from autoscaler import lifecycle as L
 from autoscaler import reactions
-from autoscaler.autoscaler import Autoscaler
+from autoscaler.autoscaler import Autoscaler, policy_of
 from launcher import tags as T
 from launcher.command_runner import CommandResult, CommandRunner
 from launcher.config import config_from_dict
@@ -297,3 +297,11 @@ def test_a_preempted_worker_is_recorded_with_the_clouds_reason_and_replaced(gcs_
     [gone] = [n for n in autoscaler.gone if n.node_id == "w1"]
     assert [s.state for s in gone.history[-2:]] == [L.PREEMPTED, L.TERMINATED]
     assert provider.markets == ["on-demand"]  # cpu-2 falls back after one spot failure
+
+
+def test_the_lifecycle_timeouts_and_the_replacement_pace_come_from_the_config():
+    assert (policy_of(CONFIG).install_s, policy_of(CONFIG).join_s) == (900.0, 300.0)
+    config = config_from_dict({**CONFIG.raw, "join_timeout_minutes": 0.5,
+                               "drain_timeout_minutes": 10, "replace_outdated_fraction": 0.5})
+    policy = policy_of(config)
+    assert (policy.join_s, policy.drain_s, policy.replace_fraction) == (30.0, 600.0, 0.5)
