@@ -21,9 +21,8 @@ from launcher.command_runner import CommandResult, CommandRunner
 from launcher.config import config_from_dict
 from launcher.errors import CapacityError
 from launcher.providers.base import NodeProvider
-from runtime import gcs, rpc
 from runtime.generated import runtime_pb2 as pb
-from runtime.generated import runtime_pb2_grpc as pb_grpc
+from tests.harness.autoscaling import head_gcs, queue_demand
 
 TOKEN = "t" * 64
 CONFIG = config_from_dict({
@@ -116,17 +115,12 @@ class MemoryProvider(NodeProvider):
 
 @pytest.fixture
 def gcs_stub(runtime_home):  # runtime_home: node logs go to the test's own directory
-    server, port = gcs.serve("127.0.0.1", 0, TOKEN)
-    stub = pb_grpc.GcsStub(rpc.make_channel(f"127.0.0.1:{port}", TOKEN))
-    stub.RegisterNode(pb.NodeInfo(node_id="head", address="127.0.0.1:1", ip="127.0.0.1",
-                                  node_type="head", is_head=True, total={"CPU": 1}))
-    yield stub
-    server.stop(0)
+    with head_gcs(TOKEN) as stub:
+        yield stub
 
 
 def _queue_demand(stub, count: int):
-    stub.Heartbeat(pb.HeartbeatRequest(node_id="head", available={"CPU": 1}, idle_seconds=-1,
-                                       demand=[pb.ShapeCount(shape={"CPU": 2}, count=count)]))
+    queue_demand(stub, {"CPU": 2}, count)
 
 
 def _autoscaler(stub, provider, clock) -> Autoscaler:
