@@ -100,8 +100,13 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
         updater = _head_updater(provider, head, config, echo, tmp)
         updater.run_setup, updater.run_start = not restart_only, not no_restart
         if node.state == L.RUNNING and updater.stages_done() and not restart_only:
-            echo(f"Head {head} is up to date; nothing to do (use --restart-only to restart the runtime).")
-            return head
+            if _runtime_answers(provider, head, config):
+                echo(f"Head {head} is up to date; nothing to do (use --restart-only to restart "
+                     "the runtime).")
+                return head
+            echo(f"Head {head} is up to date but its runtime does not answer (`cluster status` "
+                 "there fails): restarting it.")
+            updater.run_setup = False  # only the start commands
         echo(f"Updating head {head} at {provider.internal_ip(head)}...")
         started = time.monotonic()
         node = L.record(provider, node, L.INSTALLING, "cluster up", time.time())
@@ -117,6 +122,12 @@ def up(config_path: str, echo: Echo, *, no_restart=False, restart_only=False, cl
                  time.time())
     echo(f"Head {head} ready in {time.monotonic() - started:.1f}s ({', '.join(ran) or 'nothing'} ran).")
     return head
+
+
+def _runtime_answers(provider, head: str, config) -> bool:
+    """Whether the head's runtime is up: its GCS answers `cluster status` there."""
+    runner = docker_runner.for_node(provider, head, config)
+    return runner.run("cluster status > /dev/null 2>&1", timeout=60).exit_code == 0
 
 
 def _head_updater(provider, head, config, echo, tmp: str) -> NodeUpdater:

@@ -138,6 +138,16 @@ def test_infeasible_demand_is_reported_and_launches_nothing(local_cluster, tmp_p
     assert "Warning: work needing {CPU: 1, GPU: 1} cannot be scheduled" in output
 
 
+def test_up_restarts_a_head_runtime_that_is_down(local_cluster):
+    cli, config, _ = local_cluster
+    cli("up", "-y", config)
+    cli("exec", config, "cluster stop")  # the whole runtime, its supervisor too
+    assert cli("status", config, check=False).returncode != 0
+    again = cli("up", "-y", config).stdout
+    assert "its runtime does not answer" in again and "restarting it" in again
+    assert "Usage:" in cli("status", config).stdout
+
+
 def test_up_again_changes_nothing_and_down_leaves_nothing(local_cluster):
     cli, config, state = local_cluster
     cli("up", "-y", config)
