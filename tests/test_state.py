@@ -47,6 +47,11 @@ def quick():
     return 1
 
 
+@ray.remote(resources={"unobtainium": 1})
+def never_placed():
+    return 1
+
+
 @ray.remote
 class Tracker:
     def pid(self):
@@ -71,6 +76,17 @@ def test_tasks_show_running_finished_and_failed_with_the_error_type(cluster, tmp
     ray.get(running, timeout=30)
     wait_for(lambda: _task("waits_for", "FINISHED"), 10, "the task to show as finished")
     assert all(t["state"] == "FAILED" for t in state.list_tasks(state="FAILED"))
+
+
+def test_a_task_no_node_can_run_shows_what_it_needs_and_cluster_why_says_why(cluster):
+    ref = never_placed.remote()
+    task = wait_for(lambda: _task("never_placed", "PENDING_NODE_ASSIGNMENT"), 10, "pending task")
+    assert task["required_resources"] == {"CPU": 1.0, "unobtainium": 1.0}
+    why = subprocess.run([CLUSTER, "why", task["task_id"][:12]], capture_output=True, text=True,
+                         timeout=60)
+    assert why.returncode == 0, why.stderr
+    assert "waits for a node: No node has room for {CPU: 1, unobtainium: 1}" in why.stdout
+    ray.cancel(ref)
 
 
 def test_actors_show_their_state_and_worker_pid(cluster):
