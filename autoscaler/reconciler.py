@@ -279,7 +279,7 @@ class _Step:
             self.terminate(node_id, "its setup failed" if node.state == L.INSTALL_FAILED
                            else "preempted by the cloud")
         elif node.state == L.RUNNING:
-            if node_id in self.obs.dead:
+            if node_id in self.obs.dead and alive is None:  # not back (its agent restarted)
                 self.terminate(node_id, "node died (heartbeats missed)")
             elif alive is None and node.age(self.now) > policy.join_s:
                 self.terminate(node_id, f"it did not join the cluster within "
@@ -299,7 +299,7 @@ class _Step:
         """An idle node drained for scale-down goes unless work reached it; an outdated one
         goes once its running work ended, or at its drain timeout."""
         node_id = instance.node_id
-        if alive is None or node_id in self.obs.dead:
+        if alive is None:
             self.terminate(node_id, "drained (it left the runtime)")
         elif self._outdated(instance):
             if alive.idle_s >= 0 or node.age(self.now) > self.obs.policy.drain_s:

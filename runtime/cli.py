@@ -37,13 +37,18 @@ def _parse_resources(value: str | None) -> dict:
 @click.option("--token-file", help="File holding the cluster token (default: $CLUSTER_AUTH_TOKEN).")
 @click.option("--object-store-memory", type=click.IntRange(min=1), help="Bytes of shared memory for "
               "large objects (default: 30% of memory or 80% of /dev/shm, whichever is less).")
+@click.option("--gcs-storage", help="Where the GCS keeps its tables across restarts (head only): "
+              "sqlite:///PATH or redis://HOST:PORT[/DB] (default: $CLUSTER_GCS_STORAGE, else "
+              "~/.cluster/gcs.sqlite3).")
 def start(head, address, port, node_ip_address, num_cpus, num_gpus, resources, node_type,
-          autoscaling_config, token_file, object_store_memory):
+          autoscaling_config, token_file, object_store_memory, gcs_storage):
     """Start the runtime on this node."""
     import os
 
     if head == bool(address):
         raise click.UsageError("give exactly one of --head or --address HOST:PORT")
+    if gcs_storage and not head:
+        raise click.UsageError("--gcs-storage is for the head (--head)")
     node_type = node_type or os.environ.get("CLUSTER_NODE_TYPE", "head" if head else "worker")
     res = node.detect_resources(num_cpus, num_gpus, _parse_resources(resources))
     token = None
@@ -54,7 +59,8 @@ def start(head, address, port, node_ip_address, num_cpus, num_gpus, resources, n
         if head:
             session = node.start_head(port, res, node_type, ip=node_ip_address,
                                       autoscaling_config=autoscaling_config, token=token,
-                                      object_store_memory=object_store_memory)
+                                      object_store_memory=object_store_memory,
+                                      gcs_storage=gcs_storage)
         else:
             session = node.start_worker(address, res, node_type, ip=node_ip_address, token=token,
                                         object_store_memory=object_store_memory)

@@ -30,6 +30,9 @@ from runtime.session import TOKEN_ENV, read_session, read_token
 
 
 DEFAULT_NAMESPACE = "default"
+# shutdown() gives up on the GCS after this: long enough for a GCS restart (about half a second),
+# short enough that a driver whose cluster is gone ends promptly
+SHUTDOWN_GCS_S = 2.0
 
 
 class Client:
@@ -289,7 +292,7 @@ def shutdown() -> None:
         client.flush(timeout=5.0)
         if client.driver_logs is not None:
             with contextlib.suppress(Exception):  # the cluster may be gone already
-                client.driver_logs.drain()
+                client.driver_logs.drain(SHUTDOWN_GCS_S)
             client.driver_logs.stop()
         ref_tracking.install(None)
         if client.local_node is None:
@@ -297,12 +300,13 @@ def shutdown() -> None:
                 client.refs.close()
             except Exception:  # the cluster may be gone already
                 pass  # a driver's non-detached actors go with it, as in Ray
-            try:
+            try:  # the first call also tells whether the cluster is still there
+                nodes = client.gcs.GetClusterState(pb.Empty(), timeout=SHUTDOWN_GCS_S).nodes
                 for actor_id in client.owned_actors:
                     client.kill_actor(actor_id, "its driver exited")
                 for pg_id in client.owned_placement_groups:
                     client.gcs.RemovePlacementGroup(pb.PlacementGroupRequest(pg_id=pg_id), timeout=10)
-                for node in client.gcs.GetClusterState(pb.Empty(), timeout=10).nodes:
+                for node in nodes:
                     client.agent_at(node.address).CancelJob(pb.JobRequest(job_id=client.job_id),
                                                             timeout=10)
             except Exception:  # the cluster may be gone already

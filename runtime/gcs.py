@@ -2,8 +2,16 @@
 
 It holds live nodes (from registrations and heartbeats), the demand each node could not place,
 object locations, actors (state, hosting agent, names per namespace), a key-value table
-(functions, classes, autoscaler status), and what workers print, until their driver reads it. `GetClusterState` is the
-one call the autoscaler reads; its cost grows with nodes and distinct shapes, not queued tasks.
+(functions, classes, autoscaler status), and what workers print, until their driver reads it.
+`GetClusterState` is the one call the autoscaler reads; its cost grows with nodes and distinct
+shapes, not queued tasks.
+
+Surviving a restart (the head's supervisor restarts a GCS that exits): the node table, actors,
+placement groups, the KV table and request_resources() are written through to a store
+(runtime.gcs_store) before each call returns, and read back at start. Nodes read back get a node
+timeout to speak again; their first heartbeat is answered `reregister`, and the agent registers
+again and publishes every object it holds, which rebuilds the object directory. Task states and
+worker output start empty: agents and workers send what happens next.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 from runtime import rpc
+from runtime.exceptions import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
+from runtime.gcs_actors import ActorTable
 from runtime.gcs_logs import LogTable
 from runtime.gcs_placement_groups import PlacementGroupTable
+from runtime.gcs_store import MemoryStore, Store, default_url, open_store
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.resources import shape_key
 
@@ -36,34 +47,53 @@ class _Node:
     info: pb.NodeInfo
     last_heartbeat: float
     demand: dict = field(default_factory=dict)  # shape key -> count
+    restored: bool = False  # read back from the store: not heard from since this GCS started
 
 
 class GcsServicer(pb_grpc.GcsServicer):
-    def __init__(self, token: str, node_timeout_s: float = NODE_TIMEOUT_S):
+    def __init__(self, token: str, node_timeout_s: float = NODE_TIMEOUT_S, store: Store = None):
         self._lock = threading.Condition()
-        self._nodes: dict[str, _Node] = {}
-        self._kv: dict[str, bytes] = {}
+        self._store = store or MemoryStore()
+        now = time.monotonic()
+        self._nodes: dict[str, _Node] = {
+            key: _Node(pb.NodeInfo.FromString(value), now, restored=True)
+            for key, value in self._store.scan("nodes")}
+        self._kv: dict[str, bytes] = dict(self._store.scan("kv"))
         self._locations: dict[str, set[str]] = defaultdict(set)
         self._sizes: dict[str, int] = {}  # object id -> bytes, while it has a location
         self._node_timeout_s = node_timeout_s
-        self._actors: dict[str, pb.ActorInfo] = {}
-        self._actor_names: dict[tuple, str] = {}  # (namespace, name) -> actor id, while not DEAD
-        self._requested: list = []  # request_resources() bundles
+        self._actors = ActorTable(self._store)
+        requested = self._store.get("meta", "requested")
+        self._requested = list(pb.ResourceRequest.FromString(requested or b"").bundles)
         self._tasks: OrderedDict[str, pb.TaskEvent] = OrderedDict()  # latest event, oldest first
         self._dead: dict[str, float] = {}  # node id -> when it died
         self._lost: OrderedDict[str, None] = OrderedDict()  # objects whose every copy died
-        self._groups = PlacementGroupTable(self._lock, self._free_resources, token)
+        self._groups = PlacementGroupTable(self._lock, self._free_resources, token, self._store)
         self._logs = LogTable()  # its own lock: reads wait long
+        if self._nodes:
+            log.info("read back %d nodes, %d actors, %d KV entries from the store; waiting %.0fs "
+                     "for the nodes to speak", len(self._nodes), len(self._actors.listing("")),
+                     len(self._kv), node_timeout_s)
 
     # -- nodes
     def RegisterNode(self, request, context):
+        """A new node, an agent registering again after this GCS restarted (same instance), or a
+        restarted agent (a new instance under a known node id: its predecessor's work is gone)."""
         with self._lock:
+            known = self._nodes.get(request.node_id)
+            if known is not None and known.info.instance_id != request.instance_id:
+                self._drop_node(request.node_id, "its node agent restarted")
             info = pb.NodeInfo()
             info.CopyFrom(request)
             info.available.update(request.total)
+            info.draining = known is not None and known.info.draining
             self._nodes[request.node_id] = _Node(info, time.monotonic())
+            self._save_node(info)
             log.info("node %s registered at %s (%s)", request.node_id, request.address, request.node_type)
         return pb.Empty()
+
+    def _save_node(self, info: pb.NodeInfo) -> None:
+        self._store.put("nodes", info.node_id, info.SerializeToString())
 
     def UnregisterNode(self, request, context):
         with self._lock:
@@ -73,7 +103,7 @@ class GcsServicer(pb_grpc.GcsServicer):
     def Heartbeat(self, request, context):
         with self._lock:
             node = self._nodes.get(request.node_id)
-            if node is None:
+            if node is None or node.restored:
                 return pb.HeartbeatReply(reregister=True)
             node.last_heartbeat = time.monotonic()
             node.info.available.clear()
@@ -82,9 +112,8 @@ class GcsServicer(pb_grpc.GcsServicer):
             node.demand = {shape_key(d.shape): d.count for d in request.demand}
             self._expire_nodes()
             # draining nodes are left out: no node forwards work to one that is about to go
-            return pb.HeartbeatReply(
-                nodes=[n.info for n in self._nodes.values() if not n.info.draining],
-                dead_nodes=self._recently_dead())
+            return pb.HeartbeatReply(nodes=[n.info for n in self._schedulable().values()],
+                                     dead_nodes=self._recently_dead())
 
     def DrainNodes(self, request, context):
         """Before the autoscaler removes idle nodes: take them out of every node's view."""
@@ -92,6 +121,7 @@ class GcsServicer(pb_grpc.GcsServicer):
             for node_id in request.node_ids:
                 if node_id in self._nodes:
                     self._nodes[node_id].info.draining = not request.undrain
+                    self._save_node(self._nodes[node_id].info)
         return pb.Empty()
 
     def GetClusterState(self, request, context):
@@ -110,13 +140,20 @@ class GcsServicer(pb_grpc.GcsServicer):
     def RequestResources(self, request, context):
         with self._lock:
             self._requested = list(request.bundles)
+            self._store.put("meta", "requested", request.SerializeToString())
         return pb.Empty()
 
+    def _schedulable(self) -> dict:
+        """The nodes work may go to: not draining, and heard from since this GCS started (a node
+        read back from the store reports its free resources first)."""
+        return {node_id: n for node_id, n in self._nodes.items()
+                if not n.info.draining and not n.restored}
+
     def _free_resources(self) -> dict:
-        """node id -> (agent address, free resources), for placing bundles: draining nodes left out."""
+        """node id -> (agent address, free resources), for placing bundles."""
         self._expire_nodes()
         return {node_id: (n.info.address, n.info.available)
-                for node_id, n in self._nodes.items() if not n.info.draining}
+                for node_id, n in self._schedulable().items()}
 
     # -- task table: each task's latest state, for `cluster list tasks`
     def AddTaskEvents(self, request, context):
@@ -141,8 +178,7 @@ class GcsServicer(pb_grpc.GcsServicer):
 
     def ListActors(self, request, context):
         with self._lock:
-            actors = [a for a in self._actors.values()
-                      if not request.state or a.state == request.state]
+            actors = self._actors.listing(request.state)
         return pb.ActorList(actors=actors[:request.limit or None])
 
     # -- what workers print, for their drivers (runtime.gcs_logs)
@@ -193,6 +229,7 @@ class GcsServicer(pb_grpc.GcsServicer):
     def _drop_node(self, node_id: str, why: str):
         if self._nodes.pop(node_id, None) is None:
             return
+        self._store.delete("nodes", node_id)
         log.info("node %s removed: %s", node_id, why)
         now = time.monotonic()
         self._dead = {n: t for n, t in self._dead.items() if t > now - DEAD_NODES_KEPT_S}
@@ -206,60 +243,21 @@ class GcsServicer(pb_grpc.GcsServicer):
                 self._lost[object_id] = None
         while len(self._lost) > MAX_LOST_OBJECTS:
             self._lost.popitem(last=False)
-        for info in self._actors.values():
-            if info.node_id == node_id and info.state != "DEAD":
-                self._set_dead(info, f"its node {node_id} died ({why})")
+        self._actors.node_died(node_id, why)
         self._groups.node_died(node_id)
 
-    # -- actors
-    def _set_dead(self, info, cause: str):
-        info.state = "DEAD"
-        info.death_cause = info.death_cause or cause
-        key = (info.namespace, info.name)
-        if info.name and self._actor_names.get(key) == info.actor_id:
-            del self._actor_names[key]
-
+    # -- actors (runtime.gcs_actors)
     def RegisterActor(self, request, context):
         with self._lock:
-            key = (request.namespace, request.name)
-            if request.name and key in self._actor_names:
-                existing = self._actors[self._actor_names[key]]
-                return pb.ActorReply(found=True, info=existing, error=(
-                    f"an actor named {request.name!r} already exists "
-                    f"in namespace {request.namespace!r}"))
-            info = pb.ActorInfo()
-            info.CopyFrom(request)
-            info.state = info.state or "PENDING"
-            self._actors[info.actor_id] = info
-            if info.name:
-                self._actor_names[key] = info.actor_id
-            return pb.ActorReply(found=True, info=info)
+            return self._actors.register(request)
 
     def UpdateActor(self, request, context):
         with self._lock:
-            info = self._actors.get(request.actor_id)
-            if info is None:
-                return pb.ActorReply(found=False)
-            if info.state == "DEAD":  # final
-                return pb.ActorReply(found=True, info=info)
-            if request.node_id:
-                info.node_id, info.address = request.node_id, request.address
-            if request.pid:
-                info.pid = request.pid
-            info.num_restarts = max(info.num_restarts, request.num_restarts)
-            if request.state == "DEAD":
-                self._set_dead(info, request.death_cause)
-            elif request.state:
-                info.state = request.state
-            return pb.ActorReply(found=True, info=info)
+            return self._actors.update(request)
 
     def GetActor(self, request, context):
         with self._lock:
-            actor_id = request.actor_id or self._actor_names.get((request.namespace, request.name))
-            info = self._actors.get(actor_id or "")
-            if info is None:
-                return pb.ActorReply(found=False)
-            return pb.ActorReply(found=True, info=info)
+            return self._actors.get(request)
 
     # -- key-value table
     def KvPut(self, request, context):
@@ -267,6 +265,7 @@ class GcsServicer(pb_grpc.GcsServicer):
             exists = request.key in self._kv
             if request.overwrite or not exists:
                 self._kv[request.key] = request.value
+                self._store.put("kv", request.key, request.value)
             return pb.KvReply(found=exists)
 
     def KvGet(self, request, context):
@@ -308,11 +307,15 @@ class GcsServicer(pb_grpc.GcsServicer):
         return found
 
 
-def serve(ip: str, port: int, token: str, node_timeout_s: float = NODE_TIMEOUT_S) -> tuple:
+def serve(ip: str, port: int, token: str, node_timeout_s: float = NODE_TIMEOUT_S,
+          store: Store = None) -> tuple:
     """Start a GCS server on ip:port; returns (server, bound port)."""
     server = rpc.make_server(token, max_workers=64)
-    pb_grpc.add_GcsServicer_to_server(GcsServicer(token, node_timeout_s), server)
-    bound = server.add_insecure_port(f"{ip}:{port}")
+    pb_grpc.add_GcsServicer_to_server(GcsServicer(token, node_timeout_s, store), server)
+    try:
+        bound = server.add_insecure_port(f"{ip}:{port}")
+    except RuntimeError:  # gRPC's "Failed to bind"
+        bound = 0
     if bound == 0:
         raise OSError(f"GCS cannot listen on {ip}:{port} (address in use?)")
     server.start()
@@ -323,13 +326,21 @@ def main():
     parser = argparse.ArgumentParser(description="Run the cluster's GCS.")
     parser.add_argument("--ip", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--storage",
+                        help="where the tables live: sqlite:///PATH (default: <runtime dir>/"
+                             "gcs.sqlite3), redis://HOST:PORT[/DB] or memory://")
     args = parser.parse_args()
-    from runtime.session import read_token
+    from runtime.session import read_token, runtime_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     timeout = float(os.environ.get("CLUSTER_NODE_TIMEOUT_S") or NODE_TIMEOUT_S)
-    server, port = serve(args.ip, args.port, read_token(), timeout)
-    log.info("GCS listening on %s:%d", args.ip, port)
+    url = args.storage or default_url(runtime_dir())
+    try:
+        store = open_store(url)
+    except RuntimeClusterError as exc:
+        raise SystemExit(f"GCS: {exc}") from None
+    server, port = serve(args.ip, args.port, read_token(), timeout, store)
+    log.info("GCS listening on %s:%d (tables in %s)", args.ip, port, url)
     server.wait_for_termination()
 
 

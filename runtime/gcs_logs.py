@@ -21,7 +21,9 @@ JOB_TTL_S = 600.0
 @dataclass
 class _JobLog:
     lines: deque = field(default_factory=lambda: deque(maxlen=MAX_LINES))  # (cursor, LogLine)
-    cursor: int = 0  # of the last line added
+    # of the last line added; it starts at the time in microseconds, so a driver's cursor from
+    # before a GCS restart is behind every line the restarted GCS gets
+    cursor: int = field(default_factory=lambda: time.time_ns() // 1000)
     touched: float = field(default_factory=time.monotonic)
 
 

@@ -5,7 +5,9 @@ two-sided: the GCS picks nodes from the free resources the nodes last reported (
 then asks each chosen agent to reserve its bundles; an agent that no longer has the room refuses,
 the bundles already reserved elsewhere are given back, and the group waits for the next round.
 A group whose node dies goes back to PENDING and is placed again. Pending groups are demand: the
-autoscaler reads them from GetClusterState and launches nodes for their bundles.
+autoscaler reads them from GetClusterState and launches nodes for their bundles. Every change of a
+group is written through to the GCS store, so a restarted GCS knows the groups and where their
+bundles are reserved (the agents keep their reservations meanwhile).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from typing import Callable, Mapping
 
 from runtime import rpc
+from runtime.gcs_store import Store
 from runtime.generated import runtime_pb2 as pb
 from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.placement import STRATEGIES, place
@@ -23,17 +26,25 @@ from runtime.resources import subtract
 log = logging.getLogger("gcs")
 
 RETRY_S = 0.5  # pending groups are tried again this often, and whenever a group or node changes
+TABLE = "placement_groups"
 
 
 class PlacementGroupTable:
     """live_nodes() -> {node_id: (agent address, free resources)}, called with `lock` held."""
 
-    def __init__(self, lock: threading.Condition, live_nodes: Callable[[], Mapping], token: str):
+    def __init__(self, lock: threading.Condition, live_nodes: Callable[[], Mapping], token: str,
+                 store: Store):
         self._lock = lock
         self._live_nodes = live_nodes
         self._token = token
+        self._store = store
         self._groups: dict[str, pb.PlacementGroupInfo] = {}  # in creation order
         self._names: dict[str, str] = {}  # name -> pg id, while not REMOVED
+        for _, value in store.scan(TABLE):
+            info = pb.PlacementGroupInfo.FromString(value)
+            self._groups[info.pg_id] = info
+            if info.name and info.state != "REMOVED":
+                self._names[info.name] = info.pg_id
         self._to_return: list = []  # (node id, reservation) to give back
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._changed = threading.Event()
@@ -44,6 +55,8 @@ class PlacementGroupTable:
         if request.strategy not in STRATEGIES:
             return pb.PlacementGroupReply(error=f"unknown strategy {request.strategy!r} "
                                                 f"(expected one of {', '.join(STRATEGIES)})")
+        if request.pg_id in self._groups:  # a retried call whose reply was lost
+            return pb.PlacementGroupReply(found=True, info=self._groups[request.pg_id])
         if request.name and request.name in self._names:
             return pb.PlacementGroupReply(error=f"a placement group named {request.name!r} exists")
         info = pb.PlacementGroupInfo()
@@ -52,6 +65,7 @@ class PlacementGroupTable:
         self._groups[info.pg_id] = info
         if info.name:
             self._names[info.name] = info.pg_id
+        self._save(info)
         self._changed.set()
         return pb.PlacementGroupReply(found=True, info=info)
 
@@ -66,6 +80,7 @@ class PlacementGroupTable:
             self._give_back(info)
             info.state = "REMOVED"
             self._names.pop(info.name, None)
+            self._save(info)
             self._lock.notify_all()
         return pb.PlacementGroupReply(found=True, info=info)
 
@@ -82,6 +97,7 @@ class PlacementGroupTable:
                 log.info("placement group %s lost node %s: placing it again", info.pg_id, node_id)
                 self._give_back(info, dead=node_id)
                 info.state = "PENDING"
+                self._save(info)
 
     def _give_back(self, info: pb.PlacementGroupInfo, dead: str = "") -> None:
         by_node: dict = {}
@@ -92,6 +108,9 @@ class PlacementGroupTable:
         for node_id, indexes in by_node.items():
             self._to_return.append((node_id, _reservation(info, indexes)))
         self._changed.set()
+
+    def _save(self, info: pb.PlacementGroupInfo) -> None:
+        self._store.put(TABLE, info.pg_id, info.SerializeToString())
 
     # -- the loop
     def _loop(self) -> None:
@@ -131,6 +150,7 @@ class PlacementGroupTable:
                 for bundle, node_id in zip(info.bundles, placed):
                     bundle.node_id = node_id
                 info.state = "CREATED"
+                self._save(info)
                 self._lock.notify_all()
             log.info("placement group %s created on %s", pg_id, ", ".join(sorted(set(placed))))
 

@@ -109,9 +109,9 @@ class DriverLogs:
         self.seen_any = False
         threading.Thread(target=self._loop, daemon=True, name="driver-logs").start()
 
-    def drain(self) -> None:
-        """Print what is pending now."""
-        self._read(0.0)
+    def drain(self, timeout: float = 10.0) -> None:
+        """Print what is pending now (giving up after `timeout` if the GCS does not answer)."""
+        self._read(0.0, timeout)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -119,13 +119,13 @@ class DriverLogs:
     def _loop(self) -> None:
         while not self._stopped.is_set():
             try:
-                self._read(POLL_S)
+                self._read(POLL_S, POLL_S + 10)
             except Exception:  # the cluster went away; the driver is ending
                 self._stopped.wait(POLL_S)
 
-    def _read(self, wait: float) -> None:
+    def _read(self, wait: float, timeout: float) -> None:
         reply = self._gcs.ReadLogs(pb.LogRead(job_id=self._job_id, after=self._cursor,
-                                              timeout=wait), timeout=wait + 10)
+                                              timeout=wait), timeout=timeout)
         first = reply.last - len(reply.lines) + 1  # the cursor of reply.lines[0]
         with self._lock:  # another reader may have printed some of them meanwhile
             fresh = reply.lines[max(0, self._cursor + 1 - first):]

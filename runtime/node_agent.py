@@ -24,6 +24,7 @@ import random
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -69,6 +70,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.resources = NodeResources(dict(resources),
                                        gpus=GpuSlots(visible_gpu_ids(gpu_count)) if gpu_count else None)
         self.address = ""  # host:port, known once the server is bound
+        self.instance_id = uuid.uuid4().hex  # tells the GCS this process from a predecessor's
         self._token = token
         self._lock = threading.RLock()
         self._ready = ReadyQueue(scheduling_class)
@@ -94,7 +96,7 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
                                      go_to_data=self._go_to_data, lost=self._object_lost,
                                      rebuilding=self._rebuilding)
         self.recovery = Recovery(self._gcs, self.store, self._requeue, self._resubmit)
-        self.reporter = Reporter(node_id, self._gcs, self._snapshot, self._heard, self._register,
+        self.reporter = Reporter(node_id, self._gcs, self._snapshot, self._heard, self._reregister,
                                  self._stopping)
         worker_env = dict(os.environ, CLUSTER_GCS_ADDRESS=gcs_address, CLUSTER_NODE_ID=node_id,
                           CLUSTER_NODE_IP=ip, CLUSTER_NODE_TYPE=node_type,
@@ -131,15 +133,21 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
         self.pool.shutdown()
         self.store.close()
         try:
-            self._gcs.UnregisterNode(pb.NodeIdRequest(node_id=self.node_id), timeout=2)
-        except Exception:  # the GCS may already be gone; it expires silent nodes anyway
+            self._gcs.UnregisterNode(pb.NodeIdRequest(node_id=self.node_id), timeout=0.5)
+        except Exception:  # the GCS may be gone (not worth waiting for: it expires silent nodes)
             pass
 
     def _register(self) -> None:
         self._gcs.RegisterNode(pb.NodeInfo(
             node_id=self.node_id, address=self.address, ip=self.ip, node_type=self.node_type,
-            is_head=self.is_head, total=self.resources.total), timeout=10, wait_for_ready=True)  # the
-        # head's GCS may still be starting: it is launched alongside this agent
+            is_head=self.is_head, total=self.resources.total, instance_id=self.instance_id),
+            timeout=10, wait_for_ready=True)  # the head's GCS may still be starting: it is
+        # launched alongside this agent
+
+    def _reregister(self) -> None:
+        """The GCS restarted (or had declared this node dead): tell it again what is here."""
+        self._register()
+        self.objects.republish(self.store.listing(0))
 
     # ------------------------------------------------------------------ gRPC service
     def SubmitTasks(self, request, context):

@@ -72,6 +72,12 @@ class ObjectManager:
             self._new_locations.append(object_id)
         self._locations_ready.set()
 
+    def republish(self, listing: list) -> None:
+        """Every object here (the store's listing), for a GCS that restarted without locations."""
+        with self._lock:
+            self._new_locations.extend(object_id for object_id, _, _ in listing)
+        self._locations_ready.set()
+
     def location_loop(self, stopping: threading.Event) -> None:
         """Tell the GCS where new objects live, batching whatever arrived since the last call."""
         while not stopping.is_set():

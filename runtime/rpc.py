@@ -1,12 +1,19 @@
-"""gRPC plumbing shared by every runtime process: token auth on every port, and channel options.
+"""gRPC plumbing shared by every runtime process: token auth on every port, channel options, and
+riding out a GCS restart.
 
 Every server rejects a call whose `authorization` metadata is not the cluster token; every client
 adds it. The token is compared in constant time and never logged.
+
+A call to the GCS that fails UNAVAILABLE (the GCS is down: its supervisor restarts it within a
+second or two) is sent again until the call's own timeout, or GCS_RETRY_S when it has none, has
+passed; the GCS answers a repeated call as it answered the first. Calls to node agents are not
+retried: a dead agent must show at once, so its work is recovered elsewhere.
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Optional
 
 import grpc
@@ -16,7 +23,9 @@ _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_l
 # A peer that is still starting (or restarting) is retried after 50 ms, not gRPC's default 1 s:
 # otherwise one early attempt makes every process start take a second.
 _RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
-              ("grpc.max_reconnect_backoff_ms", 2000)]
+              ("grpc.max_reconnect_backoff_ms", 500)]
+GCS_RETRY_S = 30.0  # a GCS call without a timeout retries UNAVAILABLE this long
+_GCS_METHODS = "/clusterrt.Gcs/"
 
 
 class _TokenCheck(grpc.ServerInterceptor):
@@ -55,6 +64,25 @@ class _TokenAdder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterc
         return continuation(self._with_token(client_call_details), request)
 
 
+class _GcsRetry(grpc.UnaryUnaryClientInterceptor):
+    """Sends a GCS call again while it fails UNAVAILABLE, within the call's deadline."""
+
+    def intercept_unary_unary(self, continuation, details, request):
+        if not details.method.startswith(_GCS_METHODS):
+            return continuation(details, request)
+        deadline = time.monotonic() + (details.timeout if details.timeout is not None else GCS_RETRY_S)
+        pause = 0.05
+        while True:
+            call = continuation(details, request)
+            if call.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + pause >= deadline:
+                return call
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+            timeout = None if details.timeout is None else deadline - time.monotonic()
+            details = _CallDetails(details.method, timeout, details.metadata, details.credentials,
+                                   details.wait_for_ready, details.compression)
+
+
 class _CallDetails(grpc.ClientCallDetails):
     def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
         self.method = method
@@ -66,17 +94,21 @@ class _CallDetails(grpc.ClientCallDetails):
 
 
 def make_server(token: str, max_workers: int = 32) -> grpc.Server:
+    """A server that owns its port: without SO_REUSEPORT (gRPC's default on Linux), a second
+    GCS or agent on a taken address fails to start instead of silently taking half of the
+    connections (e.g. a head started again while the old one still runs)."""
     from concurrent import futures
 
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[_TokenCheck(token)],
-        options=_UNLIMITED,
+        options=_UNLIMITED + [("grpc.so_reuseport", 0)],
     )
 
 
 def make_channel(address: str, token: Optional[str]) -> grpc.Channel:
-    channel = grpc.insecure_channel(address, options=_UNLIMITED + _RECONNECT)
+    channel = grpc.intercept_channel(grpc.insecure_channel(address, options=_UNLIMITED + _RECONNECT),
+                                     _GcsRetry())
     if token is None:
         return channel
     return grpc.intercept_channel(channel, _TokenAdder(token))

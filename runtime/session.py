@@ -37,6 +37,7 @@ class Session:
     node_ip: str
     is_head: bool
     pids: dict = field(default_factory=dict)  # process name -> pid, stopped by `cluster stop`
+    gcs_storage: str = ""  # the head's: where its GCS keeps its tables (runtime.gcs_store URL)
 
 
 def session_path() -> Path:

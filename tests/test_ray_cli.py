@@ -52,7 +52,7 @@ def test_head_flags_map_to_cluster_start_with_one_warning_for_the_rest(calls):
     assert {k: resources[k] for k in ("CPU", "GPU", "TPU", "memory")} == {
         "CPU": 4.0, "GPU": 1.0, "TPU": 2.0, "memory": 1000.0}
     assert kwargs == {"ip": "127.0.0.5", "autoscaling_config": "~/ray_bootstrap_config.yaml",
-                      "token": None, "object_store_memory": 123456}
+                      "token": None, "object_store_memory": 123456, "gcs_storage": None}
     assert result.stderr.splitlines() == [WARNING + "--object-manager-port, --dashboard-host, "
                                           "--include-dashboard, --disable-usage-stats"]
 

@@ -183,6 +183,12 @@ def test_a_dead_node_leaves_at_once_with_the_reason_and_its_work_is_relaunched_f
     assert [(a.node_type, a.count) for a in actions(decision, Launch)] == [("cpu", 1)]
 
 
+def test_a_node_whose_agent_died_and_came_back_is_kept():
+    decision = reconcile(observe(worker("w1", L.RUNNING, age=500), runtime=[alive("w1")],
+                                 dead=frozenset({"w1"})), NOW)
+    assert terminated(decision) == [] and states(decision) == {"w1": L.RUNNING}
+
+
 def test_a_node_that_never_joins_is_replaced_after_the_join_timeout_only():
     policy = Policy(join_s=300)
     assert terminated(reconcile(observe(worker("w1", L.RUNNING, age=200), policy=policy),
