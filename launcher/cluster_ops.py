@@ -141,9 +141,11 @@ def _head_updater(provider, head, config, echo, tmp: str) -> NodeUpdater:
         files[BOOTSTRAP_KEY_PATH] = os.path.expanduser(config.auth["ssh_private_key"])
     installer = (RuntimeInstaller(echo, provider.runtime_extras) if provider.installs_runtime
                  else None)
-    return NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type,
-                       env=node_env(config, config.head_node_type, head, provider.internal_ip(head),
-                                    provider.internal_ip(head)),
+    env = node_env(config, config.head_node_type, head, provider.internal_ip(head),
+                   provider.internal_ip(head))
+    if config.gcs_storage:  # read by `cluster start --head` (it may hold a Redis password)
+        env["CLUSTER_GCS_STORAGE"] = config.gcs_storage
+    return NodeUpdater(provider, head, config, T.KIND_HEAD, config.head_node_type, env=env,
                        files=files, installer=installer, on_output=_prefixed(echo, head),
                        on_stage=lambda stage: echo(f"  [{head}] {stage}"))
 

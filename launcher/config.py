@@ -69,6 +69,7 @@ class ClusterConfig:
     join_timeout_minutes: float
     drain_timeout_minutes: float
     replace_outdated_fraction: float  # of max_workers: outdated workers replaced at once
+    gcs_storage: str  # where the head's GCS keeps its tables ("": a SQLite file on the head)
     provider: Mapping
     auth: Mapping
     docker: Mapping  # Ray's docker keys with Ray's defaults; {} when no node runs in a container
@@ -191,6 +192,7 @@ def _build(data: Any, source: str, source_path: Optional[str]) -> ClusterConfig:
         join_timeout_minutes=float(merged["join_timeout_minutes"]),
         drain_timeout_minutes=float(merged["drain_timeout_minutes"]),
         replace_outdated_fraction=float(merged["replace_outdated_fraction"]),
+        gcs_storage=merged["gcs_storage"],
         provider=merged["provider"],
         auth=merged["auth"],
         docker=_docker(merged, source),

@@ -148,6 +148,18 @@ def test_up_restarts_a_head_runtime_that_is_down(local_cluster):
     assert "Usage:" in cli("status", config).stdout
 
 
+def test_gcs_storage_says_where_the_heads_gcs_keeps_its_tables(local_cluster, tmp_path):
+    cli, config, state = local_cluster
+    store = tmp_path / "tables" / "gcs.sqlite3"
+    store.parent.mkdir()
+    data = yaml.safe_load(Path(config).read_text())
+    Path(config).write_text(yaml.safe_dump({**data, "gcs_storage": f"sqlite://{store}"}))
+    cli("up", "-y", config)
+    [head] = _nodes(state).values()
+    session = json.loads((Path(head["node_dir"]) / ".cluster" / "session.json").read_text())
+    assert session["gcs_storage"] == f"sqlite://{store}" and store.stat().st_size > 0
+
+
 def test_up_again_changes_nothing_and_down_leaves_nothing(local_cluster):
     cli, config, state = local_cluster
     cli("up", "-y", config)
