@@ -3,8 +3,9 @@
 Providers raise typed errors (launcher.errors); `classify` names the class and `react` turns it
 into a back-off on the node type, a value with an expiry that the planner sees as a cap (the type
 may not grow while it lasts), so the demand moves to the next type able to hold it. Providers
-already try every zone or subnet of a type inside one launch, so a capacity error here means the
-whole type is short in every zone configured.
+already try every zone or subnet of a type inside one launch, the zones that lately had no
+capacity for its machine last (launcher.providers.base.ZoneBackoff: the per-zone half of this
+reaction), so a capacity error here means the whole type is short in every zone configured.
 
   capacity   exponential back-off per type (30 s, 60 s, ... up to 10 min), reset by a success
   quota      stop launching the type for 10 min; the message names the quota (cluster status)

@@ -182,6 +182,9 @@ def test_capacity_error_tries_the_next_zone(arm):
     assert [r["name"] for r in arm.of_type(VM)] == [name]  # the failed attempts are gone
     zones = [r for m, r in arm.requests if m == "PUT" and r.endswith(name)]
     assert len(zones) == 3
+    [again] = provider.create("gpu", config.node_types["gpu"].node_config, worker_tags(), 1)
+    assert vm_body(arm, again)["zones"] == ["3"]  # zones 1 and 2 are backed off: 3 first
+    assert len([r for m, r in arm.requests if m == "PUT" and r.endswith(again)]) == 1
 
 
 def test_a_node_types_own_availability_zone_wins_over_the_providers(arm):

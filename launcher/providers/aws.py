@@ -179,14 +179,17 @@ class AWSNodeProvider(NodeProvider):
         failures = []
         what = f"node type {tags[T.TAG_NODE_TYPE]}: launching {count}" + \
             (f" x {params['InstanceType']}" if params.get("InstanceType") else "")
-        for subnet in subnets:
+        machine = str(params.get("InstanceType") or tags[T.TAG_NODE_TYPE])
+        for subnet in self.zone_backoff.order(machine, subnets):
             subnet_params = {**params, "SubnetId": subnet} if subnet else params
             try:
                 result = self._call("run_instances", what, MinCount=count, MaxCount=count,
                                     **subnet_params)
             except CapacityError as exc:
                 failures.append(f"{subnet}: {exc}")
+                self.zone_backoff.failed(machine, subnet)
                 continue
+            self.zone_backoff.succeeded(machine, subnet)
             return [i["InstanceId"] for i in result["Instances"]]
         raise CapacityError(f"no capacity in any of {len(subnets)} subnet(s): "
                             f"{'; '.join(failures)}")

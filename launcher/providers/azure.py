@@ -191,16 +191,18 @@ class AzureNodeProvider(NodeProvider):
         failures, size = [], node_config["azure_arm_parameters"]["vmSize"]
         try:
             nic = self._nic(name, node_config, tags)
-            for zone in type_zones(self.provider_config, node_config["azure_arm_parameters"]) \
-                    or [None]:
+            zones = type_zones(self.provider_config, node_config["azure_arm_parameters"])
+            for zone in self.zone_backoff.order(size, zones) or [None]:
                 try:
                     vm = azure_call(self.clients.compute.virtual_machines.begin_create_or_update,
                                     f"creating VM {name} ({size})", self.group,
                                     name, self._vm_body(name, node_config, tags, nic, zone))
                 except CapacityError as exc:
                     failures.append(f"zone {zone}: {exc}" if zone else str(exc))
+                    self.zone_backoff.failed(size, zone)
                     self._delete("virtual_machines", [name])  # a failed VM may stay behind
                     continue
+                self.zone_backoff.succeeded(size, zone)
                 self._merge_tags(vm.storage_profile.os_disk.managed_disk.id,  # made by Azure
                                  {T.TAG_CLUSTER_NAME: self.cluster_name}, "tagging the OS disk")
                 with self._lock:

@@ -7,6 +7,7 @@ can crash and resume. Errors are raised as the typed errors of launcher.errors.
 from __future__ import annotations
 
 import abc
+import time
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 from launcher.command_runner import CommandRunner
@@ -36,6 +37,33 @@ def placeholder(what: str) -> str:
     return f"<to be created: {what}>"
 
 
+class ZoneBackoff:
+    """The zone half of the reaction to a capacity error (autoscaler.reactions has the type half):
+    a zone (or subnet) that had no capacity for a machine type is tried last for that type, for
+    30 s doubling to 10 min with each failure in a row, so the next launch goes to a zone that may
+    have some. Backed-off zones are still tried, after the others: capacity returns unannounced.
+    Kept by the provider object, i.e. for the life of the autoscaler (or `cluster up`)."""
+
+    BASE_S, MAX_S = 30.0, 600.0
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._until: dict[tuple, tuple[float, int]] = {}  # (machine, zone) -> (until, failures)
+
+    def order(self, machine: str, zones: Sequence) -> list:
+        """`zones` in their configured order, those backed off for `machine` last."""
+        now = self._clock()
+        return sorted(zones, key=lambda z: self._until.get((machine, z), (0.0, 0))[0] > now)
+
+    def failed(self, machine: str, zone) -> None:
+        _, failures = self._until.get((machine, zone), (0.0, 0))
+        wait = min(self.MAX_S, self.BASE_S * 2 ** failures)
+        self._until[(machine, zone)] = (self._clock() + wait, failures + 1)
+
+    def succeeded(self, machine: str, zone) -> None:
+        self._until.pop((machine, zone), None)
+
+
 class NodeProvider(abc.ABC):
     """One cluster's view of one provider.
 
@@ -54,6 +82,7 @@ class NodeProvider(abc.ABC):
         self.provider_config = provider_config
         self.cluster_name = cluster_name
         self.auth = dict(auth or {})  # the config's `auth`: how to log in to nodes over SSH
+        self.zone_backoff = ZoneBackoff(time.time)  # used by providers that launch in zones
 
     @abc.abstractmethod
     def nodes(self, tag_filters: Mapping[str, str]) -> list[str]:

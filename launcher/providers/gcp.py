@@ -180,7 +180,7 @@ class GCPNodeProvider(NodeProvider):
         machine = node_config.get("machineType")
         what = f"launching {machine} in"
         created, capacity, error = [], [], None
-        for zone in zones:
+        for zone in self.zone_backoff.order(str(machine), zones):
             operations = []
             for _ in range(count - len(created)):
                 name = _instance_name(self.cluster_name, tags.get(T.TAG_NODE_KIND, "node"))
@@ -202,6 +202,9 @@ class GCPNodeProvider(NodeProvider):
             if isinstance(error, CapacityError):
                 capacity.append(str(error))
                 error = None
+                self.zone_backoff.failed(str(machine), zone)
+            elif error is None:
+                self.zone_backoff.succeeded(str(machine), zone)
             if error is not None or len(created) == count:
                 break
         if created:
