@@ -2,7 +2,7 @@
 
 A node is a mount+PID+UTS namespace (unshare) whose root (pivot_root, not chroot: a process
 entering its mount namespace, as `podman exec` does, must land in the node, not on the host) is an
-overlay of a cached Debian bookworm rootfs, serving SSH on its own address 127.0.0.N:22 to user
+overlay of a cached Debian bookworm rootfs (tests/harness/rootfs.py), serving SSH on its own address 127.0.0.N:22 to user
 "ubuntu" (passwordless sudo). Its mounts live only in its private mount namespace, so the kernel
 drops them with the node's last process: nothing is mounted on the host. Like a VM with a container
 engine, a node has podman (with runc; crun cannot set rlimits here), the host's /sys (read-only but
@@ -28,12 +28,10 @@ top-level conftest. Requires root; without root the `containers` fixture skips.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,32 +39,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-CACHE_DIR = Path.home() / ".cache" / "cluster-launcher"
+from tests.harness.rootfs import PATH_ENV, ensure_rootfs, remove_tree, tail
+
 NODES_DIR = Path(tempfile.gettempdir()) / "cluster-launcher-nodes"
 # 127.0.0.200-254 and 127.0.1.x+ belong to other harnesses (tests/sshd.py uses 200-230).
 NODE_IPS = [f"127.0.0.{n}" for n in range(2, 200)]
-PATH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-# podman and runc: 4 s and 114 MB more; only tests that import an image pay more (about 12 s).
-PACKAGES = "openssh-server rsync python3 python3-venv procps sudo podman runc"
-
-DEBOOTSTRAP = "debootstrap --variant=minbase bookworm \"$1\""
-# Runs in a private mount namespace, so the /proc and /dev mounts vanish even if the build is killed.
-CUSTOMIZE = f"""
-mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev"
-printf '#!/bin/sh\\nexit 101\\n' > "$1/usr/sbin/policy-rc.d" && chmod +x "$1/usr/sbin/policy-rc.d"
-chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {PACKAGES}
-chroot "$1" apt-get clean && rm -f "$1/usr/sbin/policy-rc.d"
-chroot "$1" useradd -m -s /bin/bash ubuntu && chroot "$1" usermod -p '*' ubuntu
-echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > "$1/etc/sudoers.d/ubuntu" && chmod 440 "$1/etc/sudoers.d/ubuntu"
-chroot "$1" ssh-keygen -A
-"""
-
 # The node's PID 1, /run/node-init (runs chrooted): waits, starts sshd, then reaps every orphan.
 # If sshd dies before writing its pid file (it could not start), the node powers off at once.
 INIT = """import os, signal, time
@@ -125,10 +108,6 @@ SSHD_OPTIONS = {
 _claimed: set[str] = set()  # addresses handed out by free_ip() or used by a node of this process
 
 
-class RootfsError(RuntimeError):
-    """The node rootfs could not be built; tests that need nodes must fail, not skip."""
-
-
 def assert_loopback(ip: str) -> None:
     """Refuse any target outside 127.0.0.0/8: a slip must never reach a real machine."""
     try:
@@ -155,50 +134,6 @@ def free_ip() -> str:
             _claimed.add(ip)
             return ip
     raise RuntimeError("no free address in 127.0.0.2-199 (does a host sshd listen on 0.0.0.0:22?)")
-
-
-def ensure_rootfs(progress: Callable[[str], None] = print) -> Path:
-    """The cached node rootfs, built once per recipe; a lock keeps concurrent builds apart."""
-    key = hashlib.sha256(f"{DEBOOTSTRAP}\n{CUSTOMIZE}".encode()).hexdigest()[:16]
-    final = CACHE_DIR / f"rootfs-{key}"
-    if final.is_dir():
-        return final
-    if not shutil.which("debootstrap", path=PATH_ENV["PATH"]):
-        raise RootfsError("debootstrap is missing: apt-get install debootstrap (scripts/bootstrap.sh does)")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / f"rootfs-{key}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress("[rootfs] waiting for another process that is building it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        if not final.is_dir():
-            _build_rootfs(final, lock.fileno(), progress)
-    return final
-
-
-def _build_rootfs(final: Path, lock_fd: int, progress: Callable[[str], None]) -> None:
-    """Build into a temp dir and rename it: an interrupted build never looks complete."""
-    for stale in CACHE_DIR.glob(f".{final.name}-*"):  # left by an interrupted build (we hold the lock)
-        _remove_tree(stale)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=CACHE_DIR))
-    log = CACHE_DIR / f"{final.name}.log"
-    started = time.monotonic()
-    steps = [("debootstrap bookworm (about 30 s)", DEBOOTSTRAP), (f"installing {PACKAGES}", CUSTOMIZE)]
-    with open(log, "wb") as out:
-        for what, script in steps:
-            progress(f"[rootfs] {what} into {tmp}")
-            # pass_fds: the lock stays held while a build process lives, even if this process dies.
-            done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script,
-                                   "build", str(tmp)], stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env={**os.environ, **PATH_ENV},
-                                  pass_fds=(lock_fd,))
-            if done.returncode:
-                _remove_tree(tmp)
-                raise RootfsError(f"rootfs build failed at {what!r}:\n{_tail(log)}\n(full log: {log})")
-    tmp.chmod(0o755)
-    tmp.rename(final)
-    progress(f"[rootfs] ready in {time.monotonic() - started:.0f} s: {final}")
 
 
 @dataclass
@@ -230,7 +165,7 @@ class ContainerNode:
         if self.pids():
             raise RuntimeError(f"node {self.ip}: processes survived stop(): {self.pids()}")
         _remove_container_cgroups(self._dir)
-        _remove_tree(self._dir)
+        remove_tree(self._dir)
         _claimed.discard(self.ip)
         self._stopped = True
 
@@ -282,15 +217,15 @@ class ContainerCluster:
         except Exception:
             os.killpg(proc.pid, signal.SIGKILL)  # unshare leads the group, the node's PID 1 is in it
             proc.wait()
-            message = f"node {ip} failed to boot:\n{_tail(ndir / 'boot.log')}"
-            _remove_tree(ndir)
+            message = f"node {ip} failed to boot:\n{tail(ndir / 'boot.log')}"
+            remove_tree(ndir)
             _claimed.discard(ip)
             raise RuntimeError(message) from None
         (ndir / "owner").write_text(f"{_identity(os.getpid())} {_identity(init)}")
         node = ContainerNode(ip, "ubuntu", Path(f"/proc/{init}/root"), ndir, proc, init, _pid_ns(init))
         self.nodes.append(node)
         if sshd_delay_s <= 0 and not _wait_banner(ip, node, deadline):
-            message = f"node {ip}: sshd did not start within {timeout_s} s:\n{_tail(ndir / 'boot.log')}"
+            message = f"node {ip}: sshd did not start within {timeout_s} s:\n{tail(ndir / 'boot.log')}"
             node.stop()
             raise RuntimeError(message)
         return node
@@ -395,7 +330,7 @@ def _reclaim(ndir: Path) -> None:
         while _alive(int(record[2])) and time.monotonic() < deadline:
             time.sleep(0.01)  # PID 1 dies last, after every other process of the node
     _remove_container_cgroups(ndir)
-    _remove_tree(ndir)
+    remove_tree(ndir)
 
 
 def _remove_container_cgroups(ndir: Path) -> None:
@@ -407,15 +342,6 @@ def _remove_container_cgroups(ndir: Path) -> None:
             for group in groups:
                 with contextlib.suppress(OSError):  # still populated: a process outlived the node
                     group.rmdir()
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree, first unmounting (lazily) anything mounted below, so it never deletes through a mount."""
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    mounts = [m.replace("\\040", " ") for m in mounts]
-    for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mount], check=True)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _all_pids() -> list[int]:
@@ -465,7 +391,3 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError:
         return ""
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(_read(str(path)).splitlines()[-lines:])
