@@ -1,8 +1,10 @@
-"""Planner wall time for 10/100/1000 existing nodes x 100/10k/100k queued tasks.
+"""Planner and reconciler wall time for 10/100/1000 existing nodes x 100/10k/100k queued tasks.
 
 Demand is built the way the runtime builds it: one resource dict per queued task, aggregated by
 shape with a Counter (timed separately), then handed to the planner as shape -> count. Node types
 allow 2,000 workers each and the upscaling speed is high, so the planner really has to launch.
+`reconcile` is the autoscaler's whole pure step around the plan (each node's lifecycle rules,
+then the plan, then the moves and actions), on the same nodes as running instances.
 
 Run: python bench/bench_planner.py
 """
@@ -14,6 +16,7 @@ import statistics
 import time
 from collections import Counter
 
+from autoscaler import lifecycle as L
 from autoscaler.planner import (
     Demand,
     NodeState,
@@ -23,6 +26,7 @@ from autoscaler.planner import (
     ResourceDemand,
     plan,
 )
+from autoscaler.reconciler import Instance, Observations, RuntimeNode, reconcile
 
 RUNS = 5
 NOW = 10_000.0
@@ -67,6 +71,18 @@ def aggregate(tasks: list[dict]) -> Demand:
     )
 
 
+def observations(nodes: list[NodeState], demand: Demand) -> Observations:
+    """The planner's nodes as the reconciler sees them: running instances, alive in the GCS."""
+    instances = {n.node_id: Instance(n.node_id, n.node_type, n.is_head,
+                                     L.NodeLifecycle(n.node_id, L.RUNNING, NOW - 3600))
+                 for n in nodes}
+    runtime = {n.node_id: RuntimeNode(n.node_id, n.total, n.available,
+                                      NOW - n.idle_since if n.idle_since is not None else -1.0)
+               for n in nodes}
+    return Observations(CONFIG, instances, runtime, demand,
+                        known={i: x.lifecycle for i, x in instances.items()})
+
+
 def median_ms(fn) -> tuple[float, object]:
     times, result = [], None
     for _ in range(RUNS):
@@ -77,9 +93,9 @@ def median_ms(fn) -> tuple[float, object]:
 
 
 def main() -> None:
-    print(f"planner wall time, median of {RUNS} runs (ms)")
+    print(f"planner and reconciler wall time, median of {RUNS} runs (ms)")
     print(
-        f"{'nodes':>6} {'tasks':>8} {'shapes':>6} {'aggregate':>10} {'plan':>8}"
+        f"{'nodes':>6} {'tasks':>8} {'shapes':>6} {'aggregate':>10} {'plan':>8} {'reconcile':>10}"
         f" {'launched':>9} {'terminated':>10}"
     )
     for n_nodes in (10, 100, 1000):
@@ -88,10 +104,12 @@ def main() -> None:
             nodes, tasks = cluster(n_nodes, rng), queued_tasks(n_tasks, rng)
             agg_ms, demand = median_ms(lambda: aggregate(tasks))
             plan_ms, result = median_ms(lambda: plan(CONFIG, nodes, {}, demand, NOW))
+            seen = observations(nodes, demand)
+            step_ms, _ = median_ms(lambda: reconcile(seen, NOW))
             launched = sum(result.launch.values())
             print(
                 f"{n_nodes:>6} {n_tasks:>8} {len(demand.tasks):>6} {agg_ms:>10.2f} {plan_ms:>8.2f}"
-                f" {launched:>9} {len(result.terminate):>10}"
+                f" {step_ms:>10.2f} {launched:>9} {len(result.terminate):>10}"
             )
 
 
