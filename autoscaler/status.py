@@ -32,9 +32,16 @@ def format_shape(shape) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(dict(shape).items())) + "}"
 
 
+_BYTES = ("memory", "object_store_memory")  # resources counted in bytes: shown in GiB, as Ray does
+
+
 def _usage(total: dict, available: dict) -> str:
+    def amount(key: str, value: float) -> str:
+        return f"{value / 2 ** 30:.1f}" if key in _BYTES else f"{value:g}"
+
     parts = [
-        f"{k} {total[k] - available.get(k, 0.0):g}/{total[k]:g}"
+        f"{k} {amount(k, total[k] - available.get(k, 0.0))}/{amount(k, total[k])}"
+        + (" GiB" if k in _BYTES else "")
         for k in sorted(total)
         if not k.startswith("accelerator_type:")
     ]
