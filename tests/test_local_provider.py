@@ -316,3 +316,18 @@ def test_make_provider_rejects_unknown_type(config):
 def test_cluster_name_must_be_a_plain_directory_name(tmp_path):
     with pytest.raises(ConfigError, match=r"^cluster_name: '\.\./x'"):
         _provider(tmp_path, "../x")
+
+
+def test_an_address_something_listens_on_is_not_given_to_a_node():
+    from launcher.providers.local import _free_ip
+
+    first = _free_ip({})
+    with socket.socket() as taken:  # another state root's head, say, already uses it
+        taken.bind((first, 0))
+        taken.listen()
+        assert _free_ip({}) not in ("", first)
+    v6 = socket.socket(socket.AF_INET6)
+    with v6:  # gRPC listens on ::ffff:127.0.1.x
+        v6.bind((f"::ffff:{first}", 0))
+        v6.listen()
+        assert _free_ip({}) != first

@@ -17,11 +17,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from multiprocessing import AuthenticationError
+from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
 import fcntl
@@ -258,16 +260,37 @@ def _new_node_id(nodes: dict) -> str:
 
 
 def _free_ip(nodes: dict) -> str:
-    """The lowest free address from 127.0.1.2 on, skipping .0, .1 and .255 of each /24.
+    """The lowest free address from 127.0.1.2 on, skipping .0, .1 and .255 of each /24, and any
+    address something already listens on (another state root's cluster, another program).
 
     127.0.0.0/24 is left to other test harnesses; 127.0.1.1 is Debian's alias of the hostname.
     """
-    used = {r["ip"] for r in nodes.values()}
+    used = {r["ip"] for r in nodes.values()} | _listening_ips()
     for third in range(1, 256):
         for fourth in range(2, 255):
             if (ip := f"127.0.{third}.{fourth}") not in used:
                 return ip
     raise CapacityError("local: every loopback address from 127.0.1.2 to 127.0.255.254 is in use")
+
+
+def _listening_ips() -> set[str]:
+    """IPv4 addresses with a listening TCP socket on this machine (/proc/net/tcp and the
+    IPv4-mapped entries of tcp6): a node given one would find its ports taken."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, state = fields[1].split(":")[0], fields[3]
+            if state != "0A" or len(address) != width:  # 0A: LISTEN
+                continue
+            if width == 32 and not address.startswith("0000000000000000FFFF0000"):
+                continue
+            found.add(socket.inet_ntoa(bytes.fromhex(address[-8:])[::-1]))
+    return found
 
 
 def _write_node_commands(node_dir: str) -> None:
