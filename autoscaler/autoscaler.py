@@ -137,9 +137,9 @@ class Autoscaler:
             self.fallback_after)
         decision = reconcile(observations, now)
         self._record(decision, listing)
+        self._publish(decision, listing, runtime, state, now)  # before a termination starts
         for action in decision.actions:
             self.actuators.start(action)
-        self._publish(decision, listing, runtime, state, now)
         return decision
 
     def _node_types(self, listing: Mapping) -> dict[str, str]:
@@ -211,12 +211,20 @@ class Autoscaler:
         from runtime.generated import runtime_pb2 as pb
 
         status = status_document(self.config, decision, listing, runtime, state, now,
-                                 ip=self.provider.internal_ip)
+                                 ip=self._ip)
         with self._lock:
             status["events"] = list(self.events)
             status["gone"] = [_node_row(n) for n in self.gone]
         self.gcs.KvPut(pb.KvRequest(key=AUTOSCALER_STATUS_KEY, value=json.dumps(status).encode(),
                                     overwrite=True), timeout=10)
+
+    def _ip(self, node_id: str) -> str:
+        """The node's address for the status; "?" when the cloud took it away since the listing
+        (a status line is not worth failing the tick for)."""
+        try:
+            return self.provider.internal_ip(node_id)
+        except LauncherError:
+            return "?"
 
     def shutdown(self) -> None:
         self.actuators.shutdown()

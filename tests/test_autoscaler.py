@@ -9,6 +9,7 @@ written to tags, the status published, and a restarted autoscaler resuming from 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -19,9 +20,10 @@ from autoscaler.autoscaler import Autoscaler, policy_of
 from launcher import tags as T
 from launcher.command_runner import CommandResult, CommandRunner
 from launcher.config import config_from_dict
-from launcher.errors import CapacityError
+from launcher.errors import CapacityError, ProviderError
 from launcher.providers.base import NodeProvider
 from runtime.generated import runtime_pb2 as pb
+from runtime.session import AUTOSCALER_STATUS_KEY
 from tests.harness.autoscaling import head_gcs, queue_demand
 
 TOKEN = "t" * 64
@@ -299,3 +301,19 @@ def test_the_lifecycle_timeouts_and_the_replacement_pace_come_from_the_config():
                                "drain_timeout_minutes": 10, "replace_outdated_fraction": 0.5})
     policy = policy_of(config)
     assert (policy.join_s, policy.drain_s, policy.replace_fraction) == (30.0, 600.0, 0.5)
+
+
+def test_a_node_gone_between_the_listing_and_the_status_does_not_fail_the_tick(gcs_stub):
+    provider, clock = MemoryProvider(), [1000.0]
+    autoscaler = _autoscaler(gcs_stub, provider, clock)
+    _register_idle_worker(gcs_stub, autoscaler, "w1", idle_seconds=-1)
+
+    def gone(node_id):  # the cloud took w1 away after it was listed
+        if node_id == "w1":
+            raise ProviderError("w1 is not an instance of cluster rec")
+        return "127.0.9.9"
+
+    provider.internal_ip = gone
+    autoscaler.tick()
+    status = json.loads(gcs_stub.KvGet(pb.KvRequest(key=AUTOSCALER_STATUS_KEY)).value)
+    assert {row["node_id"]: row["ip"] for row in status["nodes"]}["w1"] == "?"
