@@ -158,11 +158,20 @@ def _prefixed(echo: Echo, node_id: str) -> Callable[[str], None]:
 
 
 def down(config_path: str, echo: Echo, *, workers_only=False, cluster_name=None) -> list[str]:
-    """Terminate the cluster's nodes (the head first, so its autoscaler launches nothing more)."""
+    """Terminate the cluster's nodes, the head first. Its runtime is stopped before (as Ray's
+    `ray down` runs `ray stop`): a head being terminated lives on for a moment, and its autoscaler
+    would replace the workers terminated meanwhile."""
     config, provider = open_cluster(config_path, cluster_name)
     all_nodes = provider.nodes({})
     if not all_nodes:
         raise ClusterNotFound(f"cluster '{config.cluster_name}' is not running (no nodes found)")
+    head = None if workers_only else head_node(provider, config, required=False)
+    if head is not None:
+        echo(f"Stopping the runtime on head {head}")
+        try:  # best effort: a head that cannot be reached launches nothing either
+            docker_runner.for_node(provider, head, config).run("cluster stop", timeout=60)
+        except LauncherError as exc:
+            echo(f"  (not reached: {exc}; terminating anyway)")
     removed = []
     kinds = [T.KIND_WORKER] if workers_only else [T.KIND_HEAD, T.KIND_WORKER]
     for kind in kinds:
