@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 from autoscaler import lifecycle as L
 from autoscaler import reactions
@@ -34,10 +34,9 @@ class Snapshot:
 
 
 class Actuators:
-    def __init__(self, config, provider, gcs, head_ip: str, token: str, installer=None,
-                 log: Callable[[str], None] = lambda _: None):
+    def __init__(self, config, provider, gcs, head_ip: str, token: str, installer=None):
         self.config, self.provider, self.gcs = config, provider, gcs
-        self.head_ip, self.token, self.installer, self.log = head_ip, token, installer, log
+        self.head_ip, self.token, self.installer = head_ip, token, installer
         self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="cloud-call")
         self._setups = ThreadPoolExecutor(MAX_PARALLEL_SETUPS, thread_name_prefix="setup")
         self._lock = threading.Lock()

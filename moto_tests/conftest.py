@@ -75,6 +75,14 @@ def moto_server():
     server.stop()
 
 
+def loopback_subnet(client, zone: str) -> str:
+    """A VPC 127.100.0.0/16 with one subnet 127.100.0.0/24 in `zone`: moto gives its instances
+    private IPs there, loopback addresses that container nodes can serve (instance watcher)."""
+    vpc = client.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
+    return client.create_subnet(VpcId=vpc, CidrBlock="127.100.0.0/24",
+                                AvailabilityZone=zone)["Subnet"]["SubnetId"]
+
+
 def amazon_image(ec2, name: str, created: datetime, region: str = REGION) -> str:
     """An image as AWS publishes it. moto's own catalogue has nothing named like today's DLAMI
     (its two "Deep Learning AMI ..." images are from 2017, and these tests load none), and

@@ -15,7 +15,7 @@ import boto3
 import pytest
 import yaml
 
-from moto_tests.conftest import REGION, SAFE_ENV, instance_ips, live_tags
+from moto_tests.conftest import REGION, SAFE_ENV, instance_ips, live_tags, loopback_subnet
 from tests.harness import cloud_e2e
 from tests.harness.containers import containers, ssh_key  # noqa: F401
 from tests.harness.instances import wait_until, watching
@@ -25,9 +25,7 @@ from tests.harness.instances import wait_until, watching
 def aws(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     client = boto3.client("ec2", region_name=REGION, endpoint_url=moto_server)
-    vpc = client.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
-    subnet = client.create_subnet(VpcId=vpc, CidrBlock="127.100.0.0/24",
-                                  AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+    subnet = loopback_subnet(client, f"{REGION}a")
     image = client.register_image(Name="dl-ami-stand-in", Architecture="x86_64")["ImageId"]
     return client, subnet, image
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from moto_tests.conftest import DLAMI, amazon_image, assert_loopback_url, instance_ips, live_tags
+from moto_tests.conftest import (DLAMI, amazon_image, assert_loopback_url, instance_ips, live_tags,
+                                 loopback_subnet)
 from tests.harness import cloud_e2e
 from tests.harness.cloud_e2e import DROP
 from tests.harness.containers import containers, ssh_key  # noqa: F401
@@ -44,9 +45,7 @@ def aws(moto_server, monkeypatch):
     assert_loopback_url(moto_server)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     client = boto3.client("ec2", region_name=RAY_REGION, endpoint_url=moto_server)
-    vpc = client.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
-    subnet = client.create_subnet(VpcId=vpc, CidrBlock="127.100.0.0/24",
-                                  AvailabilityZone=f"{RAY_REGION}a")["Subnet"]["SubnetId"]
+    subnet = loopback_subnet(client, f"{RAY_REGION}a")
     dlami = amazon_image(client, DLAMI.format("20250301"),
                          datetime(2025, 3, 1, tzinfo=timezone.utc), region=RAY_REGION)
     return client, subnet, dlami

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
-import pytest
 import yaml
 
 from moto_tests.conftest import (REGION, SAFE_ENV, aws_env, instance_ips,  # noqa: F401
                                  live_tags, moto_server)
+from moto_tests.test_aws_e2e import aws  # noqa: F401  (moto, a 127.100.0.0/24 subnet, an image)
 from tests.harness import cloud_e2e
 from tests.harness.containers import containers, ssh_key  # noqa: F401
 from tests.harness.instances import wait_until, watching
@@ -36,17 +35,6 @@ def where():
 print('head', ray.get(ray.remote(num_cpus=1)(where).remote()))
 print('worker', ray.get(ray.remote(num_cpus=2)(where).remote(), timeout=240))
 """
-
-
-@pytest.fixture
-def aws(moto_server, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    client = boto3.client("ec2", region_name=REGION, endpoint_url=moto_server)
-    vpc = client.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
-    subnet = client.create_subnet(VpcId=vpc, CidrBlock="127.100.0.0/24",
-                                  AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
-    image = client.register_image(Name="docker-host", Architecture="x86_64")["ImageId"]
-    return client, subnet, image
 
 
 def _config(tmp_path: Path, endpoint: str, subnet: str, image: str, key_path: Path) -> Path:

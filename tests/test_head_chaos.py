@@ -5,7 +5,6 @@ right, the cluster scales down when idle, and `cluster down` leaves no node and 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,19 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.supervisor import STABLE_S
+from runtime.supervisor import STABLE_S, child_pids
 from tests.conftest import pid_alive, wait_for
 from tests.test_e2e_local import REPO, _group_pids, _nodes, local_cluster  # noqa: F401
 
 KILLS = 20
 TASKS = 80  # of 2 s each on at most 3 two-CPU workers: about a minute of work
-
-
-def _children(runtime_dir: Path) -> dict:
-    """The head supervisor's children: name -> pid, as its status file says now (a child being
-    started again has none for a moment)."""
-    status = json.loads((runtime_dir / "supervisor.json").read_text())
-    return {name: child["pid"] for name, child in status["children"].items()}
 
 
 def test_gcs_and_autoscaler_killed_during_a_scale_up(local_cluster):  # noqa: F811
@@ -48,10 +40,10 @@ def test_gcs_and_autoscaler_killed_during_a_scale_up(local_cluster):  # noqa: F8
         time.sleep(rng.uniform(0.2, 1.0))
         pgids |= {n["pgid"] for n in _nodes(state).values()}
         ready = [n for n, at in killed_at.items() if time.monotonic() - at > STABLE_S + 0.5]
-        pid = _children(runtime_dir).get(rng.choice(ready)) if ready else None
+        pid = child_pids(runtime_dir).get(rng.choice(ready)) if ready else None
         if pid is None:
             continue
-        name = next(n for n, p in _children(runtime_dir).items() if p == pid)
+        name = next(n for n, p in child_pids(runtime_dir).items() if p == pid)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:  # it was just being restarted
@@ -62,7 +54,8 @@ def test_gcs_and_autoscaler_killed_during_a_scale_up(local_cluster):  # noqa: F8
 
     run = driver["run"]
     assert run.returncode == 0 and "All results correct." in run.stdout, run.stdout + run.stderr
-    wait_for(lambda: all(pid_alive(p) for p in _children(runtime_dir).values()), 30,
+    wait_for(lambda: len(child_pids(runtime_dir)) == 3  # gcs, agent, autoscaler
+             and all(pid_alive(p) for p in child_pids(runtime_dir).values()), 30,
              "every head process to run again")
     assert "Usage:" in cli("status", config).stdout
     wait_for(lambda: len(_nodes(state)) == 1, 90, "the idle workers to be removed")
