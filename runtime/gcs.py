@@ -56,7 +56,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._store = store or MemoryStore()
         now = time.monotonic()
         self._nodes: dict[str, _Node] = {
-            key: _Node(pb.NodeInfo.FromString(value), now, restored=True)
+            key: _Node(_unheard(pb.NodeInfo.FromString(value)), now, restored=True)
             for key, value in self._store.scan("nodes")}
         self._kv: dict[str, bytes] = dict(self._store.scan("kv"))
         self._locations: dict[str, set[str]] = defaultdict(set)
@@ -86,6 +86,7 @@ class GcsServicer(pb_grpc.GcsServicer):
             info = pb.NodeInfo()
             info.CopyFrom(request)
             info.available.update(request.total)
+            _unheard(info)
             info.draining = known is not None and known.info.draining
             self._nodes[request.node_id] = _Node(info, time.monotonic())
             self._save_node(info)
@@ -305,6 +306,14 @@ class GcsServicer(pb_grpc.GcsServicer):
                                                    size=self._sizes.get(object_id, 0)))
                     break
         return found
+
+
+def _unheard(info: pb.NodeInfo) -> pb.NodeInfo:
+    """A node not heard from since it (re)registered or since this GCS started counts as busy:
+    an idleness read back from the store is stale, and the autoscaler would remove a node that
+    took work since."""
+    info.idle_seconds = -1.0
+    return info
 
 
 def serve(ip: str, port: int, token: str, node_timeout_s: float = NODE_TIMEOUT_S,

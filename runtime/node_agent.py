@@ -563,12 +563,15 @@ class NodeAgent(pb_grpc.NodeAgentServicer):
             self._schedule()
 
     def _worker_died(self, task_id: str, pid: int, returncode) -> None:
+        """Retry the task here within its max_retries, else fail it. A worker killed because this
+        node is stopping leaves no result: the node that forwarded the task runs it again when
+        this one is gone (runtime.recovery), as Ray retries a task whose node died."""
         with self._lock:
             task = self._running.get(task_id)
-            if task is None:
+            if task is None or self._stopping.is_set():
                 return
             spec = task.spec
-            retry = (task_id not in self._cancelled and not self._stopping.is_set()
+            retry = (task_id not in self._cancelled
                      and (spec.max_retries < 0 or spec.attempt < spec.max_retries))
             if retry:
                 del self._running[task_id]

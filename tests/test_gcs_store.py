@@ -149,3 +149,23 @@ def test_nodes_read_back_register_again_or_die_after_the_node_timeout(tmp_path):
     time.sleep(0.4)  # its node never speaks again
     assert not silent.GetClusterState(pb.Empty(), CTX).nodes
     assert silent.GetActor(pb.ActorRequest(actor_id="a1"), CTX).info.state == "DEAD"
+
+
+def test_a_node_read_back_counts_as_busy_until_it_speaks(tmp_path):
+    """Its idleness in the store is stale: the autoscaler must not remove a node that may have
+    taken work while the GCS was down (seen as tasks killed with their node under GCS restarts)."""
+    path = str(tmp_path / "gcs.sqlite3")
+    gcs = GcsServicer(TOKEN, store=SqliteStore(path))
+    gcs.RegisterNode(_node("first"), CTX)
+    gcs.Heartbeat(pb.HeartbeatRequest(node_id="n1", available={"CPU": 2.0}, idle_seconds=90), CTX)
+    gcs.DrainNodes(pb.DrainRequest(node_ids=["n1"]), CTX)  # saves the node, idle 90 s
+    idle = lambda g: [n.idle_seconds for n in g.GetClusterState(pb.Empty(), CTX).nodes]  # noqa: E731
+    assert idle(gcs) == [90]
+
+    restarted = GcsServicer(TOKEN, store=SqliteStore(path))
+    assert idle(restarted) == [-1]
+    restarted.RegisterNode(_node("first"), CTX)
+    assert idle(restarted) == [-1]  # registered again, not yet heard
+    restarted.Heartbeat(pb.HeartbeatRequest(node_id="n1", available={"CPU": 2.0}, idle_seconds=3),
+                        CTX)
+    assert idle(restarted) == [3]

@@ -63,12 +63,15 @@ def where(marker=None):
     return os.environ["CLUSTER_AGENT_ADDRESS"].split(":")[0]
 
 
-def test_work_running_on_a_dead_node_runs_again_elsewhere(cluster, tmp_path):
+@pytest.mark.parametrize("grace_s", [0, 3], ids=["killed", "stopped"])
+def test_work_running_on_a_dead_node_runs_again_elsewhere(cluster, tmp_path, grace_s):
+    """Killed, or stopped as the autoscaler stops a node: a stopping agent kills its workers but
+    reports no failure for their tasks, so the node that forwarded them runs them again."""
     doomed, start_spare = cluster
     marker = tmp_path / "started"
     ref = where.remote(str(marker))  # 2 CPUs: only the doomed worker holds it
     wait_for(marker.exists, 20, "the task to start on the doomed node")
-    _kill(doomed)
+    node._kill_all(doomed.pids, grace_s=grace_s)
     start_spare()
     assert ray.get(ref, timeout=60) == SPARE_IP
 
