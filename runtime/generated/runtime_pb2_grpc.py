@@ -149,6 +149,16 @@ class GcsStub:
                 request_serializer=runtime__pb2.LogRead.SerializeToString,
                 response_deserializer=runtime__pb2.LogLines.FromString,
                 _registered_method=True)
+        self.DriverHeartbeat = channel.unary_unary(
+                '/clusterrt.Gcs/DriverHeartbeat',
+                request_serializer=runtime__pb2.DriverInfo.SerializeToString,
+                response_deserializer=runtime__pb2.DriverReply.FromString,
+                _registered_method=True)
+        self.EndDriver = channel.unary_unary(
+                '/clusterrt.Gcs/EndDriver',
+                request_serializer=runtime__pb2.DriverInfo.SerializeToString,
+                response_deserializer=runtime__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class GcsServicer:
@@ -298,6 +308,20 @@ class GcsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DriverHeartbeat(self, request, context):
+        """a driver lives; the first one registers it
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndDriver(self, request, context):
+        """a driver shut down cleanly
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -415,6 +439,16 @@ def add_GcsServicer_to_server(servicer, server):
                     servicer.ReadLogs,
                     request_deserializer=runtime__pb2.LogRead.FromString,
                     response_serializer=runtime__pb2.LogLines.SerializeToString,
+            ),
+            'DriverHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.DriverHeartbeat,
+                    request_deserializer=runtime__pb2.DriverInfo.FromString,
+                    response_serializer=runtime__pb2.DriverReply.SerializeToString,
+            ),
+            'EndDriver': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndDriver,
+                    request_deserializer=runtime__pb2.DriverInfo.FromString,
+                    response_serializer=runtime__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1038,6 +1072,60 @@ class Gcs:
             '/clusterrt.Gcs/ReadLogs',
             runtime__pb2.LogRead.SerializeToString,
             runtime__pb2.LogLines.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriverHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/DriverHeartbeat',
+            runtime__pb2.DriverInfo.SerializeToString,
+            runtime__pb2.DriverReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndDriver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clusterrt.Gcs/EndDriver',
+            runtime__pb2.DriverInfo.SerializeToString,
+            runtime__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
