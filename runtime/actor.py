@@ -78,14 +78,6 @@ class ActorClass:
         actor_id = ids.new_id()
         name = o.get("name") or ""
         namespace = o.get("namespace") or client.namespace
-        reply = client.gcs.RegisterActor(pb.ActorInfo(
-            actor_id=actor_id, name=name, namespace=namespace, class_name=class_name,
-            methods=self._methods, state="PENDING", lifetime=o.get("lifetime") or "",
-            method_returns=self._method_returns), timeout=30)
-        if reply.error:
-            if o.get("get_if_exists"):
-                return ActorHandle.from_record(reply.info)
-            raise ValueError(reply.error)
         label = f"{class_name}({name or actor_id[:8]})"
         detached = o.get("lifetime") == "detached"
         max_restarts, max_task_retries = o.get("max_restarts") or 0, o.get("max_task_retries") or 0
@@ -100,6 +92,15 @@ class ActorClass:
             node_affinity=where.node_affinity, node_affinity_soft=where.soft,
             runtime_env=task_options.runtime_env_json(o, f"{class_name}.options()"),
             capture_placement_group=where.capture_placement_group)
+        reply = client.gcs.RegisterActor(pb.ActorInfo(
+            actor_id=actor_id, name=name, namespace=namespace, class_name=class_name,
+            methods=self._methods, state="PENDING", lifetime=o.get("lifetime") or "",
+            method_returns=self._method_returns, job_id=spec.job_id,
+            creation_spec=spec.SerializeToString()), timeout=30)
+        if reply.error:
+            if o.get("get_if_exists"):
+                return ActorHandle.from_record(reply.info)
+            raise ValueError(reply.error)
         client.agent.SubmitTasks(pb.SubmitTasksRequest(tasks=[spec]), timeout=60)
         if client.is_driver and not detached:
             client.owned_actors.append(actor_id)

@@ -39,8 +39,9 @@ class Actor:
         self.queue: deque[Task] = deque()  # accepted, not yet sent to the worker
         self.inflight: dict[str, Task] = {}  # sent, no result yet
         self.send_lock = threading.Lock()  # held while taking calls off the queue and sending them
-        self.restarts_left = creation.max_restarts
-        self.num_restarts = 0
+        self.num_restarts = creation.attempt  # restarted here after its node died: counted
+        self.restarts_left = creation.max_restarts - creation.attempt \
+            if creation.max_restarts >= 0 else -1
         self.killed = False
         self.end_cause = ""  # why it was ended on purpose by the host, if it was
         self.dead = ""  # the death cause once dead
@@ -195,17 +196,18 @@ class ActorHost:
             return None
 
     def _worker_exited(self, actor: Actor, worker) -> None:
+        """Restart the actor here or end it. On a node that is stopping, neither: the GCS treats
+        the node's end as a node death, and restarts the actor elsewhere if it may."""
         code = worker.process.returncode
         with self._lock:
-            if actor.worker is not worker:
+            if actor.worker is not worker or self._stopping.is_set():
                 return
             actor.worker = None
             lost = list(actor.inflight.values())
             actor.inflight.clear()
             for task in lost:
                 self.calls.pop(task.spec.task_id, None)
-            restart = not actor.killed and code != 0 and actor.restarts_left != 0 and \
-                not self._stopping.is_set()
+            restart = not actor.killed and code != 0 and actor.restarts_left != 0
             if actor.end_cause:
                 cause = actor.end_cause
             elif actor.killed:

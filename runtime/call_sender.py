@@ -12,12 +12,20 @@ import grpc
 
 from runtime.exceptions import ActorDiedError, TaskFailedError
 from runtime.generated import runtime_pb2 as pb
+from runtime.scheduler import return_ids
+
+CHECK_S = 1.0  # calls sent to an actor are checked this often while one has no result
 
 
 class CallSender:
     """Delivers one process's calls on one actor, in submission order, batched, to the node agent
     hosting the actor (looked up in the GCS and cached). With `fixed_address`, the process's task
-    submissions to its own node agent."""
+    submissions to its own node agent.
+
+    Calls sent to an actor are remembered until their results exist (or no ref here wants them):
+    when the actor has moved meanwhile (its node died and the GCS restarted it on another) or
+    died, they are sent again while its max_task_retries allows, else fail with ActorDiedError,
+    as Ray's caller-side retries do."""
 
     def __init__(self, client, actor_id: str, label: str, fixed_address: str = ""):
         self._client = client
@@ -28,6 +36,8 @@ class CallSender:
         self._fixed = fixed_address  # tasks: always this node's agent, no lookup
         self._address: Optional[str] = fixed_address or None
         self._busy = False  # a delivery is under way (keeps calls in order)
+        self._sent: dict[str, tuple] = {}  # actor calls: task id -> (spec, address), no result seen
+        self._next_check = 0.0
         threading.Thread(target=self._loop, daemon=True, name=f"actor-{actor_id[:8]}").start()
 
     def submit(self, spec: pb.TaskSpec) -> None:
@@ -50,7 +60,7 @@ class CallSender:
         except Exception:
             self._direct_done(spec, None)
             return
-        future.add_done_callback(lambda f: self._direct_done(spec, f))
+        future.add_done_callback(lambda f: self._direct_done(spec, f, address))
 
     def flush(self, timeout: float) -> None:
         """Wait until every queued call has been delivered (or `timeout` passes)."""
@@ -59,7 +69,7 @@ class CallSender:
             while (self._queue or self._busy) and time.monotonic() < deadline:
                 self._cond.wait(0.05)
 
-    def _direct_done(self, spec: pb.TaskSpec, future) -> None:
+    def _direct_done(self, spec: pb.TaskSpec, future, address: str = "") -> None:
         try:
             failed = future is None or future.exception() is not None
         except Exception:  # cancelled
@@ -68,16 +78,40 @@ class CallSender:
             if failed:  # let the sender thread find the actor again and retry
                 self._address = self._fixed or None
                 self._queue.insert(0, spec)
+            else:
+                self._note_sent([spec], address)
             self._busy = False
             self._cond.notify_all()
+
+    def _note_sent(self, specs: list, address: str) -> None:
+        """(Lock held.) Remember delivered actor calls until their results are seen."""
+        if self._fixed:
+            return
+        if not self._sent:
+            self._next_check = time.monotonic() + CHECK_S
+        for spec in specs:
+            self._sent[spec.task_id] = (spec, address)
+
+    def _check_due(self) -> bool:
+        return bool(self._sent) and time.monotonic() >= self._next_check
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue or self._busy:
-                    self._cond.wait()
-                batch, self._queue = self._queue, []
-                self._busy = True
+                while (not self._queue or self._busy) and not self._check_due():
+                    self._cond.wait(CHECK_S if self._sent else None)
+                batch = None
+                if self._queue and not self._busy:
+                    batch, self._queue = self._queue, []
+                    self._busy = True
+                else:
+                    self._next_check = time.monotonic() + CHECK_S
+            if batch is None:
+                try:
+                    self._check_sent()
+                except Exception as exc:  # the GCS may be restarting: check again later
+                    logging.getLogger("runtime").debug("checking actor calls failed: %s", exc)
+                continue
             try:
                 self._deliver(batch)
             except Exception as exc:  # never lose a call silently: its caller gets the error
@@ -108,11 +142,53 @@ class CallSender:
             try:
                 self._client.agent_at(self._address).SubmitTasks(
                     pb.SubmitTasksRequest(tasks=batch), timeout=60)
+                with self._cond:
+                    self._note_sent(batch, self._address)
                 return
             except grpc.RpcError:  # the node went away: the GCS will say where it is, or that it died
                 self._address = self._fixed or None
                 time.sleep(min(0.05 * (attempt + 1), 1.0))
         raise ConnectionError(f"cannot reach the node hosting actor {self._label}")
+
+    def _check_sent(self) -> None:
+        with self._cond:
+            sent = list(self._sent.items())
+        first = {return_ids(spec)[0]: task_id for task_id, (spec, _) in sent}
+        wanted = self._client.refs.alive(first)
+        done = {first[i] for i in first if i not in wanted}
+        done |= {first[i] for i in self._client.existing(sorted(wanted))}
+        with self._cond:
+            for task_id in done:
+                self._sent.pop(task_id, None)
+            left = list(self._sent.items())
+        if not left:
+            return
+        info = self._client.gcs.GetActor(pb.ActorRequest(actor_id=self._actor_id), timeout=30).info
+        dead = info.state == "DEAD"
+        lost = [spec for _, (spec, address) in left if dead or address != info.address]
+        if not lost:
+            return
+        retries = pb.TaskSpec.FromString(info.creation_spec).max_task_retries
+        again = [s for s in lost if not dead and (retries < 0 or s.attempt < retries)]
+        for spec in again:
+            spec.attempt += 1
+        with self._cond:
+            for spec in lost:
+                self._sent.pop(spec.task_id, None)
+            if again:
+                self._queue[:0] = again
+                self._address = None
+                self._cond.notify_all()
+        cause = info.death_cause if dead else (
+            f"its node died while the call ran, and max_task_retries={retries} allows no retry")
+        retried = {spec.task_id for spec in again}
+        for spec in lost:
+            if spec.task_id not in retried:
+                self._client.fail(spec, ActorDiedError(self._label, cause))
+        if again:
+            logging.getLogger("runtime").info(
+                "actor %s moved to %s: sending %d call(s) in flight again", self._label,
+                info.address or "(restarting)", len(again))
 
     def _locate(self) -> pb.ActorInfo:
         delay = 0.002

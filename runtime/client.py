@@ -58,7 +58,7 @@ class Client:
         self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
         self._lock = threading.Lock()
         self._store_dir: Optional[str] = None  # "" once known not to be on this machine
-        self.refs = ref_tracking.RefTracker(self._free, self._existing)
+        self.refs = ref_tracking.RefTracker(self._free, self.existing)
         ref_tracking.install(self.refs)
 
     def store_directory(self) -> Optional[str]:
@@ -73,7 +73,8 @@ class Client:
         self.agent.FreeObjects(pb.FreeObjectsRequest(object_ids=object_ids, broadcast=True),
                                timeout=30)
 
-    def _existing(self, object_ids: list) -> set:
+    def existing(self, object_ids: list) -> set:
+        """Those of the objects that exist somewhere in the cluster (one GCS call)."""
         reply = self.gcs.WaitObjectLocations(pb.WaitLocationsRequest(object_ids=object_ids, timeout=0),
                                              timeout=30)
         return {location.object_id for location in reply.locations}

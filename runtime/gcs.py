@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from runtime import rpc
 from runtime.exceptions import RuntimeClusterError
 from runtime.generated import runtime_pb2 as pb
-from runtime.gcs_actors import ActorTable
+from runtime.gcs_actors import ActorRestarts, ActorTable
 from runtime.gcs_logs import LogTable
 from runtime.gcs_placement_groups import PlacementGroupTable
 from runtime.gcs_store import MemoryStore, Store, default_url, open_store
@@ -63,6 +63,7 @@ class GcsServicer(pb_grpc.GcsServicer):
         self._sizes: dict[str, int] = {}  # object id -> bytes, while it has a location
         self._node_timeout_s = node_timeout_s
         self._actors = ActorTable(self._store)
+        self._actor_restarts = ActorRestarts(self._lock, self._free_resources, token)
         requested = self._store.get("meta", "requested")
         self._requested = list(pb.ResourceRequest.FromString(requested or b"").bundles)
         self._tasks: OrderedDict[str, pb.TaskEvent] = OrderedDict()  # latest event, oldest first
@@ -244,7 +245,7 @@ class GcsServicer(pb_grpc.GcsServicer):
                 self._lost[object_id] = None
         while len(self._lost) > MAX_LOST_OBJECTS:
             self._lost.popitem(last=False)
-        self._actors.node_died(node_id, why)
+        self._actor_restarts.submit(self._actors.node_died(node_id, why))
         self._groups.node_died(node_id)
 
     # -- actors (runtime.gcs_actors)

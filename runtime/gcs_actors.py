@@ -2,15 +2,32 @@
 the live ones per namespace. Every change is written through to the GCS store before the call
 returns, so a restarted GCS still finds actors by id and by name.
 
-Called with the GCS's lock held.
+An actor whose node dies is restarted on another node while its max_restarts allows, as Ray's
+GCS does: the table marks it RESTARTING (keeping its name) and `ActorRestarts` submits its
+creation task, kept in its record, to a live node, which places it like any actor creation (here,
+forwarded, or queued as demand). A restart on the same node, after its worker died, is the
+hosting agent's (runtime.actor_host).
+
+ActorTable is called with the GCS's lock held; ActorRestarts calls agents without it.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Mapping
+
+from runtime import rpc
 from runtime.gcs_store import Store
 from runtime.generated import runtime_pb2 as pb
+from runtime.resources import fits
+
+log = logging.getLogger("gcs")
 
 TABLE = "actors"
+RESTART_RETRY_S = 1.0  # a restart that found no live node is tried again this often
 
 
 class ActorTable:
@@ -67,10 +84,27 @@ class ActorTable:
     def listing(self, state: str) -> list:
         return [a for a in self._actors.values() if not state or a.state == state]
 
-    def node_died(self, node_id: str, why: str) -> None:
+    def node_died(self, node_id: str, why: str) -> list[pb.TaskSpec]:
+        """The actors the node hosted die, or (restarts left) wait RESTARTING; returns the
+        creation tasks to submit again elsewhere."""
+        restarts = []
         for info in self._actors.values():
-            if info.node_id == node_id and info.state != "DEAD":
-                self._set_dead(info, f"its node {node_id} died ({why})")
+            if info.node_id != node_id or info.state == "DEAD":
+                continue
+            cause = f"its node {node_id} died ({why})"
+            creation = pb.TaskSpec.FromString(info.creation_spec) if info.creation_spec else None
+            if creation is None or not _restarts_left(creation, info.num_restarts):
+                self._set_dead(info, cause)
+                continue
+            info.state, info.node_id, info.address, info.pid = "RESTARTING", "", "", 0
+            info.num_restarts += 1
+            info.death_cause = ""
+            self._save(info)
+            creation.attempt, creation.hops = info.num_restarts, 0
+            restarts.append(creation)
+            log.info("actor %s: %s; restarting it on another node (restart %d)",
+                     creation.name, cause, info.num_restarts)
+        return restarts
 
     def _set_dead(self, info: pb.ActorInfo, cause: str) -> None:
         info.state = "DEAD"
@@ -82,3 +116,48 @@ class ActorTable:
 
     def _save(self, info: pb.ActorInfo) -> None:
         self._store.put(TABLE, info.actor_id, info.SerializeToString())
+
+
+def _restarts_left(creation: pb.TaskSpec, num_restarts: int) -> bool:
+    return creation.max_restarts < 0 or num_restarts < creation.max_restarts
+
+
+class ActorRestarts:
+    """Submits the creation tasks of actors whose node died to a live node: one whose last
+    reported free resources fit the actor, else any (it queues there as demand, and the
+    autoscaler launches a node for it). live_nodes() -> {node_id: (agent address, free
+    resources)}, called with `lock` held."""
+
+    def __init__(self, lock: threading.Condition, live_nodes: Callable[[], Mapping], token: str):
+        self._lock = lock
+        self._live_nodes = live_nodes
+        self._agents = rpc.AgentStubs(token)
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True, name="actor-restarts").start()
+
+    def submit(self, creations: list) -> None:
+        for creation in creations:
+            self._queue.put(creation)
+
+    def _loop(self) -> None:
+        while True:
+            creation = self._queue.get()
+            while not self._place(creation):
+                time.sleep(RESTART_RETRY_S)
+
+    def _place(self, creation: pb.TaskSpec) -> bool:
+        with self._lock:
+            nodes = dict(self._live_nodes())
+        if not nodes:
+            return False
+        need = dict(creation.resources)
+        roomy = {n: v for n, v in nodes.items() if fits(need, v[1])} or nodes
+        node_id = max(roomy, key=lambda n: (roomy[n][1].get("CPU", 0.0), n))  # most spare CPU
+        address = roomy[node_id][0]
+        try:
+            self._agents.at(address).SubmitTasks(pb.SubmitTasksRequest(tasks=[creation]),
+                                                 timeout=10)
+        except Exception as exc:  # that node is going away too: try another
+            log.warning("restarting actor %s on %s failed: %s", creation.name, node_id, exc)
+            return False
+        return True

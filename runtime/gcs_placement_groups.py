@@ -19,7 +19,6 @@ from typing import Callable, Mapping
 from runtime import rpc
 from runtime.gcs_store import Store
 from runtime.generated import runtime_pb2 as pb
-from runtime.generated import runtime_pb2_grpc as pb_grpc
 from runtime.placement import STRATEGIES, place
 from runtime.resources import subtract
 
@@ -36,7 +35,6 @@ class PlacementGroupTable:
                  store: Store):
         self._lock = lock
         self._live_nodes = live_nodes
-        self._token = token
         self._store = store
         self._groups: dict[str, pb.PlacementGroupInfo] = {}  # in creation order
         self._names: dict[str, str] = {}  # name -> pg id, while not REMOVED
@@ -46,7 +44,7 @@ class PlacementGroupTable:
             if info.name and info.state != "REMOVED":
                 self._names[info.name] = info.pg_id
         self._to_return: list = []  # (node id, reservation) to give back
-        self._agents: dict[str, pb_grpc.NodeAgentStub] = {}
+        self._agents = rpc.AgentStubs(token)
         self._changed = threading.Event()
         threading.Thread(target=self._loop, daemon=True, name="placement-groups").start()
 
@@ -172,11 +170,8 @@ class PlacementGroupTable:
         return done
 
     def _call(self, address: str, method: str, reservation: pb.BundleReservation):
-        stub = self._agents.get(address)
-        if stub is None:
-            stub = self._agents[address] = pb_grpc.NodeAgentStub(rpc.make_channel(address, self._token))
         try:
-            return getattr(stub, method)(reservation, timeout=10)
+            return getattr(self._agents.at(address), method)(reservation, timeout=10)
         except Exception as exc:  # the node is going away; the node table notices soon
             log.warning("%s at %s failed: %s", method, address, exc)
             return None

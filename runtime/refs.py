@@ -118,6 +118,12 @@ class RefTracker:
             except Exception as exc:  # the cluster may be unreachable for a moment: try again
                 log.debug("freeing objects failed: %s", exc)
 
+    def alive(self, object_ids: Iterable[str]) -> set:
+        """Those of the ids (owned here) that a ref in this process still points to."""
+        with self._lock:
+            self._drain()
+            return {i for i in object_ids if i in self._live}
+
     def close(self) -> None:
         """Stop; free everything this process still owns that nothing protects (see above)."""
         self._closed.set()

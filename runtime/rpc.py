@@ -13,10 +13,13 @@ retried: a dead agent must show at once, so its work is recovered elsewhere.
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 from typing import Optional
 
 import grpc
+
+from runtime.generated import runtime_pb2_grpc as pb_grpc
 
 AUTH_METADATA_KEY = "authorization"
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -112,3 +115,19 @@ def make_channel(address: str, token: Optional[str]) -> grpc.Channel:
     if token is None:
         return channel
     return grpc.intercept_channel(channel, _TokenAdder(token))
+
+
+class AgentStubs:
+    """Node-agent stubs by address, one channel each, made on first use (for the GCS's loops)."""
+
+    def __init__(self, token: str):
+        self._token = token
+        self._stubs: dict = {}
+        self._lock = threading.Lock()
+
+    def at(self, address: str):
+        with self._lock:
+            stub = self._stubs.get(address)
+            if stub is None:
+                stub = self._stubs[address] = pb_grpc.NodeAgentStub(make_channel(address, self._token))
+            return stub

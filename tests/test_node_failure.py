@@ -11,6 +11,7 @@ import pytest
 import runtime as ray
 from runtime import node
 from runtime.node_agent import FORWARDED_CHECK_S
+from runtime.util.state import list_actors
 from tests.conftest import free_port, pid_alive, wait_for
 
 HEAD_IP, DOOMED_IP, SPARE_IP = "127.0.7.1", "127.0.7.2", "127.0.7.3"
@@ -106,3 +107,48 @@ def test_an_object_that_cannot_be_rebuilt_is_a_clear_error(cluster):
     _kill(doomed)
     with pytest.raises(ray.ObjectLostError, match="was lost: the node holding it died"):
         ray.get(inner, timeout=30)
+
+
+@ray.remote(num_cpus=2)
+class Where:
+    """Needs 2 CPUs: only a worker holds it. Counts its calls, so a restart shows."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def node(self, marker=None):
+        self.calls += 1
+        if marker:
+            open(marker, "a").close()
+            time.sleep(3)
+        return os.environ["CLUSTER_AGENT_ADDRESS"].split(":")[0], self.calls
+
+
+def test_an_actor_whose_node_dies_restarts_on_another_node_and_its_call_is_retried(cluster,
+                                                                                    tmp_path):
+    doomed, start_spare = cluster
+    actor = Where.options(name="where", max_restarts=1, max_task_retries=1).remote()
+    assert ray.get(actor.node.remote(), timeout=30) == (DOOMED_IP, 1)
+    marker = tmp_path / "started"
+    in_flight = actor.node.remote(str(marker))
+    wait_for(marker.exists, 20, "the call to start on the doomed node")
+    _kill(doomed)
+    start_spare()
+    assert ray.get(in_flight, timeout=60) == (SPARE_IP, 1)  # __init__ ran again there
+    again = ray.get_actor("where")  # the name survived the restart
+    assert ray.get(again.node.remote(), timeout=30) == (SPARE_IP, 2)
+    [record] = [a for a in list_actors() if a["name"] == "where"]
+    assert (record["state"], record["num_restarts"]) == ("ALIVE", 1)
+
+
+def test_an_actor_without_restarts_dies_with_its_node_and_calls_say_so(cluster, tmp_path):
+    doomed, _ = cluster
+    actor = Where.remote()
+    marker = tmp_path / "started"
+    in_flight = actor.node.remote(str(marker))
+    wait_for(marker.exists, 20, "the call to start on the doomed node")
+    _kill(doomed)
+    with pytest.raises(ray.ActorDiedError, match="its node doomed died"):
+        ray.get(in_flight, timeout=30)
+    with pytest.raises(ray.ActorDiedError, match="its node doomed died"):
+        ray.get(actor.node.remote(), timeout=30)
